@@ -1,0 +1,36 @@
+"""Jacobian Scopes: which input tokens caused a prediction, and where in the network.
+
+Gradient-based, token-level attributions (Liu et al., 2026) for TransformerLens models,
+computed with hook functions in one forward and one backward pass.
+
+Example:
+    >>> import jacobian_scopes as js
+    >>> model = js.load_default_model()                                  # doctest: +SKIP
+    >>> js.semantic_scope(model, "The capital of France is", " Paris")   # doctest: +SKIP
+"""
+
+from jacobian_scopes.default_model import load_default_model
+from jacobian_scopes.engine import Capture, GradientTap, Trace
+from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
+from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Capture",
+    "FisherDetails",
+    "GradientTap",
+    "NonFiniteError",
+    "Prediction",
+    "ScopeInputError",
+    "ScopeResult",
+    "Target",
+    "TemperatureUndefinedError",
+    "Trace",
+    "fisher_scope",
+    "load_default_model",
+    "scope",
+    "semantic_scope",
+    "temperature_scope",
+]

@@ -1,0 +1,317 @@
+"""The one mechanism behind every scope: pull directions back through one forward pass.
+
+A forward pass runs with two kinds of TransformerLens hook functions:
+
+* :class:`GradientTap` at each *source* hook adds a zero tensor that requires grad. The
+  activation's value is unchanged, and the gradient with respect to that zero tensor
+  is the gradient with respect to the activation. This works for the input embeddings
+  (whose value does not require grad once the parameters are frozen) and for any
+  intermediate activation alike, including the Bridge's reshaped per-head tensors.
+* :class:`Capture` at the *explanandum* hook keeps the live activation.
+
+Then the scalar ``L = Σ_p vₚ · a[p]`` is differentiated for a batch of directions ``v``
+at once (``torch.autograd.grad(..., is_grads_batched=True)``) and every vector-Jacobian
+product is reduced on the spot to squared norms per token. The T × d × d Jacobian is
+never formed, and parameters never receive gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.errors import NonFiniteError, ScopeInputError
+from jacobian_scopes.guard import frozen
+
+HookList = Sequence[tuple[Any, Callable[..., Any]]]
+
+
+class GradientTap:
+    """TransformerLens hook ``fn(tensor, hook)`` that makes an activation differentiable.
+
+    It returns ``tensor + zero`` where ``zero`` requires grad; after a backward pass,
+    the gradient of ``zero`` is the gradient of the activation. Keyed by the name the
+    caller asked for, not ``hook.name`` (the Bridge fires aliases under other names).
+
+    Example:
+        >>> tap = GradientTap("blocks.3.hook_resid_pre")
+        >>> with model.hooks(fwd_hooks=[(tap.name, tap)]):      # doctest: +SKIP
+        ...     logits = model(tokens)
+        >>> torch.autograd.grad(logits[0, -1, 42], tap.leaf)      # doctest: +SKIP
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.leaf: Tensor | None = None
+
+    def __call__(self, tensor: Tensor, hook: Any) -> Tensor:
+        leaf = torch.zeros_like(tensor, requires_grad=True)
+        self.leaf = leaf
+        return tensor + leaf
+
+
+class Capture:
+    """TransformerLens hook that keeps the live activation (with its graph).
+
+    It also serves as a torch forward pre-hook (:meth:`pre_hook`), which is how ``y`` is
+    read on HookedTransformer (see :class:`jacobian_scopes.adapter.FinalState`).
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.value: Tensor | None = None
+
+    def __call__(self, tensor: Tensor, hook: Any) -> None:
+        self.value = tensor
+
+    def pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self.value = args[0]
+
+
+def _detach_hook(tensor: Tensor, hook: Any) -> Tensor:
+    return tensor.detach()
+
+
+@dataclass
+class Pullback:
+    """Per-source squared norms of the vector-Jacobian products of a batch of directions.
+
+    ``squared[source]`` has shape (K, pos, *rest) where ``rest`` is what remains of the
+    activation after its last (feature) axis is reduced: () for the residual stream,
+    (head,) for ``attn.hook_z``. ``vectors[source]`` holds the raw products (K, pos, ...)
+    when they were asked for.
+    """
+
+    squared: dict[str, Tensor]
+    vectors: dict[str, Tensor] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)
+
+
+class Trace:
+    """A forward pass prepared for pulling directions back to its sources.
+
+    Use it as a context manager: the model is frozen (parameters, eval mode) from entry
+    to exit, hooks are attached only for the forward pass, and everything is restored on
+    exit, including after an exception raised inside a user hook.
+
+    Example:
+        >>> adapter = ModelAdapter(model)                                  # doctest: +SKIP
+        >>> with Trace(adapter, tokens, sources=["hook_embed"]) as tr:    # doctest: +SKIP
+        ...     v = adapter.W_U[:, target][None, None]          # (K=1, P=1, d)
+        ...     sq = tr.pullback([tokens.shape[1] - 1], v).squared["hook_embed"]
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        tokens: Int[Tensor, "1 pos"],
+        sources: Sequence[str],
+        at: str | None = None,
+        fwd_hooks: HookList = (),
+        freeze: Sequence[str] = (),
+    ):
+        self.adapter = adapter
+        self.tokens = tokens
+        self.taps = {name: GradientTap(name) for name in dict.fromkeys(sources)}
+        final = adapter.final_state if at is None else None
+        self.capture = Capture(at if final is None else final.label)
+        self._capture_hook = at if final is None else final.hook
+        self._capture_module = None if final is None else final.module
+        self.user_hooks = list(fwd_hooks)
+        self.freeze = list(freeze)
+        self._stack: ExitStack | None = None
+        self.logits: Tensor | None = None
+
+    # The hooks of a scope, in the order they must fire at a shared hook point: the
+    # user's interventions first (the scope explains the intervened run), then the
+    # linearisation, then the taps, and the capture last so it sees the final value.
+    def hooks(self) -> list[tuple[Any, Callable[..., Any]]]:
+        linear = [(name, _detach_hook) for name in self.freeze]
+        taps = [(tap.name, tap) for tap in self.taps.values()]
+        capture = [] if self._capture_hook is None else [(self._capture_hook, self.capture)]
+        return [*self.user_hooks, *linear, *taps, *capture]
+
+    def __enter__(self) -> Trace:
+        if torch.is_inference_mode_enabled():
+            raise ScopeInputError(
+                "a scope needs gradients, but it was called inside torch.inference_mode(); "
+                "call it outside that block (torch.no_grad() is fine: it is lifted here)."
+            )
+        stack = ExitStack()
+        self._stack = stack
+        try:
+            stack.enter_context(frozen(self.adapter.model))
+            stack.enter_context(torch.enable_grad())
+            with ExitStack() as forward:
+                if self._capture_module is not None:
+                    handle = self._capture_module.register_forward_pre_hook(self.capture.pre_hook)
+                    forward.callback(handle.remove)
+                if self.freeze:
+                    # The Bridge warns that an edited hook_scale changes the norm's numerics;
+                    # that edit is the linearisation the caller asked for.
+                    forward.enter_context(warnings.catch_warnings())
+                    warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
+                forward.enter_context(self.adapter.model.hooks(fwd_hooks=self.hooks()))
+                logits = self.adapter.model(self.tokens)
+            self.logits = logits
+            self._check_forward()
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _check_forward(self) -> None:
+        for name, tap in self.taps.items():
+            if tap.leaf is None:
+                raise ScopeInputError(
+                    f"source hook {name!r} never fired during the forward pass; "
+                    "is it a hook of this model that runs on every forward?"
+                )
+        if self.capture.value is None:
+            raise ScopeInputError(f"explanandum hook {self.capture.name!r} never fired")
+        assert self.logits is not None
+        if not torch.isfinite(self.capture.value).all() or not torch.isfinite(self.logits).all():
+            raise NonFiniteError(
+                "the forward pass produced NaN or inf (in the explained activation or the "
+                "logits); in half precision this is usually overflow: run the model in "
+                "float32 or bfloat16."
+            )
+
+    @property
+    def explanandum(self) -> Tensor:
+        """The live activation at the explanandum hook, shape (1, pos, *feature)."""
+        assert self.capture.value is not None
+        return self.capture.value
+
+    def pullback(
+        self,
+        positions: Sequence[int],
+        directions: Float[Tensor, "K n_pos *feature"],
+        *,
+        batch_size: int | None = None,
+        keep_each: bool = True,
+        keep_vectors: bool = False,
+        retain_graph: bool = False,
+    ) -> Pullback:
+        """Squared norms per token of ``J_tᵀ v`` for every direction and every source.
+
+        ``directions[k, i]`` is the part of direction ``k`` at position ``positions[i]``;
+        with ``keep_each=False`` the squared norms are summed over ``k`` as they come.
+        """
+        out = self.explanandum[0, list(positions)]
+        if directions.shape[1:] != out.shape:
+            raise ScopeInputError(
+                f"direction has shape {tuple(directions.shape[1:])}, but the activation at "
+                f"{self.capture.name!r} for these positions has shape {tuple(out.shape)}"
+            )
+        names = list(self.taps)
+        leaves = [self.taps[n].leaf for n in names]
+        K = directions.shape[0]
+        if batch_size is None:
+            batch_size = default_batch_size(self.tokens.shape[1], out.shape[-1], len(names))
+        squared: dict[str, list[Tensor]] = {n: [] for n in names}
+        vectors: dict[str, list[Tensor]] = {n: [] for n in names}
+        unused: set[str] = set()
+        for start in range(0, K, batch_size):
+            chunk = directions[start : start + batch_size].to(out.dtype)
+            last = start + batch_size >= K
+            grads = _vjp(out, leaves, chunk, retain_graph=retain_graph or not last)
+            for name, leaf, g in zip(names, leaves, grads):
+                assert leaf is not None
+                if g is None:
+                    unused.add(name)
+                    g = torch.zeros((chunk.shape[0], *leaf.shape), device=leaf.device)
+                g = g[:, 0].float()
+                if leaf.dim() < 3:
+                    raise ScopeInputError(
+                        f"source {name!r} has shape {tuple(leaf.shape)}; a source needs "
+                        "(batch, pos, ..., feature)"
+                    )
+                sq = g.pow(2).sum(-1)
+                squared[name].append(sq if keep_each else sq.sum(0, keepdim=True))
+                if keep_vectors:
+                    vectors[name].append(g)
+        result = Pullback(
+            squared={n: _combine(v, keep_each) for n, v in squared.items()},
+            vectors={n: torch.cat(v) for n, v in vectors.items() if v},
+            unused=sorted(unused),
+        )
+        for name, sq in result.squared.items():
+            if not torch.isfinite(sq).all():
+                raise NonFiniteError(
+                    f"the gradients at {name!r} contain NaN or inf; in half precision this is "
+                    "usually overflow in the backward pass: run the model in float32."
+                )
+        return result
+
+
+def _combine(parts: list[Tensor], keep_each: bool) -> Tensor:
+    stacked = torch.cat(parts)
+    return stacked if keep_each else stacked.sum(0)
+
+
+def default_batch_size(n_pos: int, d: int, n_sources: int) -> int:
+    """How many directions to pull back at once: about 2²⁸ bytes of gradients per batch."""
+    per_direction = max(1, n_pos * d * max(1, n_sources) * 4)
+    return int(max(1, min(64, (1 << 28) // per_direction)))
+
+
+def _vjp(
+    out: Tensor, leaves: list[Tensor | None], chunk: Tensor, retain_graph: bool
+) -> list[Tensor | None]:
+    """Vector-Jacobian products of ``out`` for a batch of directions, batch axis first."""
+    inputs = [leaf for leaf in leaves if leaf is not None]
+    if chunk.shape[0] == 1:
+        grads = torch.autograd.grad(
+            out, inputs, grad_outputs=chunk[0], retain_graph=retain_graph, allow_unused=True
+        )
+        return [None if g is None else g[None] for g in grads]
+    try:
+        return list(
+            torch.autograd.grad(
+                out,
+                inputs,
+                grad_outputs=chunk,
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+        )
+    except RuntimeError:
+        # Some ops have no batching rule under vmap; one backward per direction is slower
+        # but always works.
+        per = [
+            torch.autograd.grad(out, inputs, grad_outputs=v, retain_graph=True, allow_unused=True)
+            for v in chunk
+        ]
+        return [
+            None if per[0][i] is None else torch.stack([p[i] for p in per])
+            for i in range(len(inputs))
+        ]
+
+
+@contextmanager
+def trace(
+    adapter: ModelAdapter,
+    tokens: Int[Tensor, "1 pos"],
+    sources: Sequence[str],
+    at: str | None = None,
+    fwd_hooks: HookList = (),
+    freeze: Sequence[str] = (),
+) -> Iterator[Trace]:
+    """Functional spelling of :class:`Trace`."""
+    with Trace(adapter, tokens, sources, at, fwd_hooks, freeze) as tr:
+        yield tr

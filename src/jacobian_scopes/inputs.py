@@ -1,0 +1,117 @@
+"""Turn what a user passes (prompts, targets, positions) into checked token ids.
+
+Every check that can fail on user input lives here, so that each failure has one clear
+message and one test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.errors import ScopeInputError
+
+Prompt = Union[str, Tensor, Sequence[int]]
+TargetLike = Union[str, int, Tensor, Sequence[int]]
+
+
+def resolve_tokens(
+    adapter: ModelAdapter, prompt: Prompt, prepend_bos: bool | None = None
+) -> Int[Tensor, "1 pos"]:
+    """Token ids of shape (1, pos) on the model's device, checked against vocab and context."""
+    if isinstance(prompt, str):
+        if prompt == "":
+            raise ScopeInputError("the prompt is empty; give at least one token of text")
+        tokens = adapter.to_tokens(prompt, prepend_bos=prepend_bos)
+    else:
+        if prepend_bos:
+            raise ScopeInputError("prepend_bos applies to string prompts; token ids are used as given")
+        tokens = _as_token_tensor(prompt, what="prompt")
+        if tokens.dim() == 2:
+            if tokens.shape[0] != 1:
+                raise ScopeInputError(
+                    f"one prompt at a time: got a batch of {tokens.shape[0]} token rows"
+                )
+            tokens = tokens[0]
+        if tokens.dim() != 1:
+            raise ScopeInputError(f"token ids must be 1-D (pos,) or (1, pos), got {tuple(tokens.shape)}")
+        tokens = tokens[None]
+    n = tokens.shape[1]
+    if n == 0:
+        raise ScopeInputError("the prompt is empty (no tokens)")
+    check_ids(adapter, tokens[0].tolist(), what="prompt")
+    if adapter.n_ctx is not None and n > adapter.n_ctx:
+        raise ScopeInputError(
+            f"the prompt has {n} tokens, more than the model's context of {adapter.n_ctx}"
+        )
+    return tokens.to(adapter.device)
+
+
+def _as_token_tensor(value: object, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(list(value))  # type: ignore[call-overload]
+        except (TypeError, ValueError) as exc:
+            raise ScopeInputError(f"{what} must be a string or token ids, got {value!r}") from exc
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ScopeInputError(f"{what} token ids must be integers, got dtype {t.dtype}")
+    return t.long()
+
+
+def check_ids(adapter: ModelAdapter, ids: Sequence[int], what: str) -> None:
+    bad = [i for i in ids if not 0 <= int(i) < adapter.d_vocab]
+    if bad:
+        raise ScopeInputError(
+            f"{what} has token id(s) {bad[:5]} outside the vocabulary [0, {adapter.d_vocab})"
+        )
+
+
+def resolve_position(n_pos: int, position: int) -> int:
+    """A Python-style index into the prompt (negative counts from the end)."""
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise ScopeInputError(f"position must be an int, got {position!r}")
+    if not -n_pos <= position < n_pos:
+        raise ScopeInputError(
+            f"position {position} is out of range for a prompt of {n_pos} tokens "
+            f"(valid: {-n_pos} … {n_pos - 1})"
+        )
+    return position % n_pos
+
+
+def resolve_target(adapter: ModelAdapter, target: TargetLike, what: str = "target") -> list[int]:
+    """Token ids of a target given as text (a continuation, no BOS), an id, or ids."""
+    if isinstance(target, str):
+        if target == "":
+            raise ScopeInputError(f"the {what} is an empty string")
+        ids = adapter.to_token_ids(target)
+    elif isinstance(target, bool):
+        raise ScopeInputError(f"{what} must be a token string or id, got {target!r}")
+    elif isinstance(target, int):
+        ids = [target]
+    else:
+        t = _as_token_tensor(target, what=what)
+        ids = [int(i) for i in t.reshape(-1)]
+    if not ids:
+        raise ScopeInputError(f"the {what} has no tokens")
+    check_ids(adapter, ids, what=what)
+    return ids
+
+
+def single_token(adapter: ModelAdapter, target: TargetLike, what: str = "target") -> int:
+    """The id of a target that must be exactly one token."""
+    ids = resolve_target(adapter, target, what)
+    if len(ids) != 1:
+        pieces = adapter.to_str_tokens(torch.tensor(ids))
+        raise ScopeInputError(
+            f"the {what} {target!r} is {len(ids)} tokens {pieces}, not one. Pass a single "
+            "token (a leading space often matters), or multi_token=True to explain the "
+            "teacher-forced sum of log-probs of the whole continuation."
+        )
+    return ids[0]

@@ -1,0 +1,485 @@
+"""The Jacobian Scopes: Semantic, Temperature, Fisher, and any direction.
+
+Each scope chooses directions ``v`` in the space of the explained activation (by default
+``y``, the final hidden state exactly as it enters the unembedding) and scores every input
+token ``t`` by ``‖J_tᵀ v‖`` (Fisher: ``tr(J_tᵀ F J_t)``), where ``J_t`` is the Jacobian of
+that activation with respect to the source activation of token ``t`` (by default its input
+embedding). One forward pass and one batched backward pass per call, whatever the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from jacobian_scopes import fisher as fisher_math
+from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.engine import HookList, Pullback, Trace
+from jacobian_scopes.errors import ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.inputs import (
+    Prompt,
+    TargetLike,
+    resolve_position,
+    resolve_target,
+    resolve_tokens,
+    single_token,
+)
+from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
+from jacobian_scopes.sources import SourcesLike, SourceSpec, resolve_freeze, resolve_sources
+
+N_TOP_PREDICTIONS = 5
+
+
+@dataclass
+class _Call:
+    """What every scope call shares: the checked inputs and where to pull back to."""
+
+    adapter: ModelAdapter
+    tokens: Tensor  # (1, pos)
+    position: int
+    spec: SourceSpec
+    freeze: list[str]
+    freeze_kinds: list[str]
+    fwd_hooks: HookList
+    prepend_bos: bool | None
+
+    def trace(self, at: str | None = None) -> Trace:
+        return Trace(
+            self.adapter,
+            self.tokens,
+            sources=self.spec.taps,
+            at=at,
+            fwd_hooks=self.fwd_hooks,
+            freeze=self.freeze,
+        )
+
+    def squared(self, pb: Pullback) -> dict[str, Tensor]:
+        """Squared norms keyed by the user's source labels (taps may differ, see sources)."""
+        return {label: pb.squared[tap] for label, tap in zip(self.spec.labels, self.spec.taps)}
+
+
+def _setup(
+    model: Any,
+    prompt: Prompt,
+    *,
+    position: int,
+    prepend_bos: bool | None,
+    sources: SourcesLike,
+    freeze: Sequence[str],
+    fwd_hooks: HookList,
+) -> _Call:
+    adapter = ModelAdapter(model)
+    tokens = resolve_tokens(adapter, prompt, prepend_bos)
+    pos = resolve_position(tokens.shape[1], position)
+    spec = resolve_sources(adapter, sources)
+    if isinstance(freeze, str):
+        freeze = (freeze,)
+    return _Call(
+        adapter=adapter,
+        tokens=tokens,
+        position=pos,
+        spec=spec,
+        freeze=resolve_freeze(adapter, freeze),
+        freeze_kinds=list(freeze),
+        fwd_hooks=list(fwd_hooks),
+        prepend_bos=prepend_bos,
+    )
+
+
+def _layout(spec: SourceSpec, per_source: dict[str, Tensor]) -> tuple[Tensor, tuple[str, ...], list[str] | None]:
+    """Arrange per-source tensors (*lead, pos[, head]) into the result's score layout."""
+    if spec.layout == "embed":
+        return per_source[spec.labels[0]], ("token",), None
+    parts, labels = [], []
+    for label, per_head in zip(spec.labels, spec.per_head):
+        x = per_source[label]
+        if per_head:
+            x = x.movedim(-1, -2)  # (*lead, head, pos)
+            labels.extend(f"{label}[{h}]" for h in range(x.shape[-2]))
+        else:
+            x = x.unsqueeze(-2)
+            labels.append(label)
+        parts.append(x)
+    if spec.layout == "heads":
+        return torch.stack(parts, dim=-3), ("layer", "head", "token"), list(spec.labels)
+    return torch.cat(parts, dim=-2), ("source", "token"), labels
+
+
+def _predictions(adapter: ModelAdapter, logits_row: Tensor, k: int = N_TOP_PREDICTIONS) -> list[Prediction]:
+    probs = torch.softmax(logits_row.float(), dim=-1)
+    top = torch.topk(probs, min(k, probs.numel()))
+    strs = adapter.to_str_tokens(top.indices.cpu())
+    return [
+        Prediction(int(i), s, float(p)) for i, s, p in zip(top.indices.tolist(), strs, top.values)
+    ]
+
+
+def _vectors(call: _Call, pb: Pullback) -> Tensor | dict[str, Tensor] | None:
+    if not pb.vectors:
+        return None
+    by_label = {label: pb.vectors[tap][0].cpu() for label, tap in zip(call.spec.labels, call.spec.taps)}
+    if call.spec.layout == "embed":
+        return by_label[call.spec.labels[0]]
+    return by_label
+
+
+def _result(
+    call: _Call,
+    scope: str,
+    scores: dict[str, Tensor],
+    logits: Tensor,
+    tokens: Tensor,
+    positions: list[int],
+    params: dict[str, Any],
+    **extra: Any,
+) -> ScopeResult:
+    arranged, axes, labels = _layout(call.spec, {k: v.detach().cpu() for k, v in scores.items()})
+    adapter = call.adapter
+    bos_id = getattr(getattr(adapter.model, "tokenizer", None), "bos_token_id", None)
+    prepended = call.prepend_bos
+    if prepended is None:
+        prepended = bool(getattr(adapter.cfg, "default_prepend_bos", True))
+    base_params = {
+        "position": positions[0],
+        "sources": list(call.spec.labels),
+        "freeze": call.freeze_kinds,
+        "interventions": [str(name) for name, _ in call.fwd_hooks],
+    }
+    return ScopeResult(
+        scope=scope,
+        scores=arranged,
+        tokens=tokens[0].detach().cpu(),
+        str_tokens=adapter.to_str_tokens(tokens[0].cpu()),
+        position=positions[0],
+        positions=positions,
+        top_predictions=_predictions(adapter, logits[0, positions[0]].detach()),
+        params={**base_params, **params},
+        processing=adapter.processing_state(),
+        model_name=adapter.name,
+        score_axes=axes,
+        source_labels=labels,
+        bos=bool(bos_id is not None and int(tokens[0, 0]) == int(bos_id)),
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- Semantic
+def semantic_scope(
+    model: Any,
+    prompt: Prompt,
+    target: TargetLike,
+    *,
+    mode: str | None = None,
+    foil: TargetLike | None = None,
+    multi_token: bool = False,
+    position: int = -1,
+    prepend_bos: bool | None = None,
+    sources: SourcesLike = None,
+    freeze: Sequence[str] = (),
+    fwd_hooks: HookList = (),
+    return_vectors: bool = False,
+) -> ScopeResult:
+    """Which input tokens drive the prediction of ``target``: ``S_t = ‖J_tᵀ v‖``.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: text (tokenised with the model's tokenizer, BOS prepended as TransformerLens
+            does by default) or token ids, 1-D or (1, pos).
+        target: the next token, as text (``" Paris"``) or an id. With ``multi_token=True``,
+            a continuation of several tokens.
+        mode: ``"logit"`` (default: the raw logit, ``v = w_target``, as in the paper) or
+            ``"logprob"`` (``v = w_target − w̄``, invariant to weight processing). Multi-token
+            targets always use the teacher-forced sum of log-probs of the continuation.
+        foil: a second token; then ``v = w_target − w_foil`` (the logit difference).
+        position: the position whose next-token prediction is explained (default: last).
+        prepend_bos: passed to ``model.to_tokens`` for string prompts.
+        sources: where the scores are taken (default: input embeddings). See
+            :func:`jacobian_scopes.sources.resolve_sources`.
+        freeze: linearised variant: ``"norm_scale"`` and/or ``"attn_pattern"`` are detached.
+        fwd_hooks: extra TransformerLens forward hooks ``[(name, fn)]`` (an ablation, a
+            patch); the scope is computed on the intervened run.
+        return_vectors: keep the raw vectors ``J_tᵀ v`` in ``result.vectors``.
+
+    Example:
+        >>> from jacobian_scopes import load_default_model, semantic_scope
+        >>> model = load_default_model()                                    # doctest: +SKIP
+        >>> prompt = "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a"
+        >>> semantic_scope(model, prompt, " liberal").top(1)                # doctest: +SKIP
+        [(17, ' Columbia', 11.98...)]
+    """
+    call = _setup(
+        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
+        freeze=freeze, fwd_hooks=fwd_hooks,
+    )
+    adapter = call.adapter
+    if mode not in (None, "logit", "logprob"):
+        raise ScopeInputError(f"mode must be 'logit' or 'logprob', got {mode!r}")
+    if multi_token:
+        ids = resolve_target(adapter, target)
+        if foil is not None:
+            raise ScopeInputError("a foil (contrast) needs a single-token target")
+        if mode == "logit":
+            raise ScopeInputError(
+                "multi-token targets are explained by the sum of their log-probs; "
+                "leave mode unset or use mode='logprob'"
+            )
+        mode_used = "logprob"
+    else:
+        ids = [single_token(adapter, target)]
+        mode_used = mode or "logit"
+    foil_id = single_token(adapter, foil, what="foil") if foil is not None else None
+    if foil_id is not None:
+        mode_used = "contrast"
+
+    tokens = call.tokens
+    positions = [call.position]
+    if len(ids) > 1:
+        if call.position != tokens.shape[1] - 1:
+            raise ScopeInputError(
+                "a multi-token target continues the prompt, so it is explained from the last "
+                "position; trim the prompt instead of passing position"
+            )
+        extra = torch.tensor([ids[:-1]], dtype=tokens.dtype, device=tokens.device)
+        tokens = torch.cat([tokens, extra], dim=1)
+        if adapter.n_ctx is not None and tokens.shape[1] > adapter.n_ctx:
+            raise ScopeInputError("the prompt plus the target is longer than the model's context")
+        positions = list(range(call.position, call.position + len(ids)))
+        call.tokens = tokens
+
+    W_U = adapter.W_U
+    with call.trace() as tr:
+        assert tr.logits is not None
+        logits = tr.logits.detach()
+        dirs = W_U[:, ids].T.clone()  # (P, d): w_target at each explained position
+        if foil_id is not None:
+            dirs = dirs - W_U[:, foil_id]
+        elif mode_used == "logprob":
+            probs = torch.softmax(logits[0, positions].float(), dim=-1)
+            dirs = dirs - (probs @ W_U.float().T).to(dirs.dtype)
+        pb = tr.pullback(positions, dirs[None], keep_vectors=return_vectors)
+    scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
+    foil_str = adapter.to_str_tokens(torch.tensor([foil_id]))[0] if foil_id is not None else None
+    target_info = Target(
+        ids=ids, tokens=adapter.to_str_tokens(torch.tensor(ids)), mode=mode_used,
+        foil_id=foil_id, foil=foil_str,
+    )
+    return _result(
+        call, "semantic", scores, logits, tokens, positions,
+        {"mode": mode_used, "multi_token": len(ids) > 1},
+        target=target_info, vectors=_vectors(call, pb),
+    )
+
+
+# ------------------------------------------------------------------------ Temperature
+def temperature_scope(
+    model: Any,
+    prompt: Prompt,
+    *,
+    position: int = -1,
+    prepend_bos: bool | None = None,
+    sources: SourcesLike = None,
+    freeze: Sequence[str] = (),
+    fwd_hooks: HookList = (),
+    return_vectors: bool = False,
+) -> ScopeResult:
+    """Which input tokens set the model's confidence: ``S_t = ‖∂‖y‖/∂x_t‖``.
+
+    ``y = β ŷ`` with ``β = ‖y‖`` acting as an inverse temperature of the next-token softmax;
+    the scope pulls back ``v = ŷ`` (detached). It needs a final norm whose output norm
+    depends on the input: a model whose final LayerNorm was folded (HookedTransformer's
+    default ``from_pretrained``, or ``enable_compatibility_mode()`` on the Bridge) gets a
+    :class:`TemperatureUndefinedError`, never silent zeros. Arguments as in
+    :func:`semantic_scope`.
+
+    Example:
+        >>> r = temperature_scope(load_default_model(), "12, 15, 19, 24, 30,")  # doctest: +SKIP
+        >>> r.scores.shape                                                      # doctest: +SKIP
+        torch.Size([11])
+    """
+    call = _setup(
+        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
+        freeze=freeze, fwd_hooks=fwd_hooks,
+    )
+    adapter = call.adapter
+    if adapter.final_norm_is_constant():
+        raise TemperatureUndefinedError(_TEMPERATURE_HELP)
+    with call.trace() as tr:
+        assert tr.logits is not None
+        y = tr.explanandum[0].detach()
+        norms = y.float().norm(dim=-1)
+        if norms.numel() > 1 and float((norms.max() - norms.min()) / norms.max()) < 1e-5:
+            raise TemperatureUndefinedError(_TEMPERATURE_HELP)
+        v = (y[call.position] / y[call.position].norm())[None, None]
+        pb = tr.pullback([call.position], v, keep_vectors=return_vectors)
+        logits = tr.logits.detach()
+    scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
+    return _result(
+        call, "temperature", scores, logits, call.tokens, [call.position],
+        {"norm": float(norms[call.position])}, vectors=_vectors(call, pb),
+    )
+
+
+_TEMPERATURE_HELP = (
+    "the Temperature scope is identically zero on this model: the norm of the final hidden "
+    "state cannot depend on the input, because the final norm has no gain and bias of its "
+    "own (LayerNorm folded into the unembedding, or a random-init model with unit gains). "
+    "Load the model without folding: HookedTransformer.from_pretrained_no_processing(...) "
+    "or from_pretrained(..., fold_ln=False), or a TransformerBridge without "
+    "enable_compatibility_mode() (or with enable_compatibility_mode(fold_ln=False))."
+)
+
+
+# ----------------------------------------------------------------------------- Fisher
+def fisher_scope(
+    model: Any,
+    prompt: Prompt,
+    *,
+    method: str = "sketch",
+    eps: float = 1e-3,
+    rank: int | None = None,
+    n_probes: int = 8,
+    decompose: bool = False,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    position: int = -1,
+    prepend_bos: bool | None = None,
+    sources: SourcesLike = None,
+    freeze: Sequence[str] = (),
+    fwd_hooks: HookList = (),
+) -> ScopeResult:
+    """Which input tokens move the whole next-token distribution: ``tr(J_tᵀ F J_t)``.
+
+    ``F`` is the Fisher information of the softmax with respect to ``y``; the score is
+    ``E_{j∼p} ‖∂ log p_j/∂x_t‖²`` (twice the expected KL under a unit perturbation of
+    ``x_t``). See :mod:`jacobian_scopes.fisher` for the methods:
+
+    * ``"sketch"`` (default): the top ``rank`` (default 8) eigen-directions of ``F`` exactly
+      plus ``n_probes`` random probes of the rest: unbiased, ``rank + n_probes`` VJPs,
+      ``result.fisher.stderr`` per token.
+    * ``"exact"``: ``min(|S|, d)`` VJPs; with ``decompose=True``, one VJP per candidate next
+      token and ``result.fisher.contributions`` (candidate × token).
+    * ``"principal"``: the top ``rank`` (default 1) eigen-directions (the authors' default).
+
+    ``eps`` is the probability mass left out of the candidate support (reported as
+    ``result.fisher.tail_mass``). Other arguments as in :func:`semantic_scope`.
+
+    Example:
+        >>> r = fisher_scope(model, "French: lentille jacobienne. English: Jacobian")  # doctest: +SKIP
+        >>> r.fisher.method, r.fisher.n_vjps                                             # doctest: +SKIP
+        ('sketch', 16)
+    """
+    call = _setup(
+        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
+        freeze=freeze, fwd_hooks=fwd_hooks,
+    )
+    adapter = call.adapter
+    if rank is None:
+        rank = 1 if method == "principal" else 8
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    with call.trace() as tr:
+        assert tr.logits is not None
+        logits = tr.logits.detach()
+        probs = torch.softmax(logits[0, call.position].float(), dim=-1)
+        plan = fisher_math.plan(
+            adapter.W_U, probs, method=method, eps=eps, rank=rank, n_probes=n_probes,
+            decompose=decompose, generator=generator,
+        )
+        keep_each = decompose or plan.n_probes > 0
+        pb = tr.pullback(
+            [call.position], plan.rows[:, None, :], batch_size=batch_size, keep_each=keep_each
+        )
+    squared = call.squared(pb)
+    stderr = None
+    contributions = None
+    if plan.n_probes > 0:
+        k = plan.n_exact
+        scores = {s: sq[:k].sum(0) + sq[k:].mean(0) for s, sq in squared.items()}
+        if plan.n_probes > 1:
+            spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
+            stderr = _layout(call.spec, {s: v.cpu() for s, v in spread.items()})[0]
+    elif keep_each:
+        scores = {s: sq.sum(0) for s, sq in squared.items()}
+    else:
+        scores = dict(squared)
+    if decompose:
+        contributions = _layout(call.spec, {s: sq.cpu() for s, sq in squared.items()})[0]
+    ids = plan.support_ids.tolist() if plan.per_candidate else plan.support_ids[:50].tolist()
+    details = FisherDetails(
+        method=plan.method,
+        eps=eps,
+        n_vjps=int(plan.rows.shape[0]),
+        rank=None if plan.method == "exact" else plan.n_exact,
+        n_probes=plan.n_probes,
+        support_size=int(plan.support_ids.numel()),
+        tail_mass=plan.tail_mass,
+        trace_full=plan.trace_full,
+        trace_support=plan.trace_support,
+        captured=1.0 if plan.method == "exact" else plan.captured,
+        stderr=stderr,
+        candidate_ids=ids,
+        candidate_tokens=adapter.to_str_tokens(torch.tensor(ids)) if ids else [],
+        candidate_probs=[float(probs[i]) for i in ids],
+        contributions=contributions,
+    )
+    params = {
+        "method": plan.method, "eps": eps, "rank": rank, "n_probes": n_probes,
+        "decompose": decompose, "seed": seed,
+    }
+    return _result(call, "fisher", scores, logits, call.tokens, [call.position], params, fisher=details)
+
+
+# ---------------------------------------------------------------------------- General
+def scope(
+    model: Any,
+    prompt: Prompt,
+    direction: Float[Tensor, "*feature"],
+    *,
+    at: str | None = None,
+    position: int = -1,
+    prepend_bos: bool | None = None,
+    sources: SourcesLike = None,
+    freeze: Sequence[str] = (),
+    fwd_hooks: HookList = (),
+    return_vectors: bool = False,
+) -> ScopeResult:
+    """Attribute any direction ``v`` of a hidden activation: ``S_t = ‖J_tᵀ v‖``.
+
+    ``direction`` lives in the space of the activation at hook ``at`` (default: ``y``, the
+    final hidden state entering the unembedding): a probe, an SAE feature's encoder row, a
+    steering vector. It is used as given (not normalised), so scores scale with it. Its
+    shape is the activation's shape after (batch, pos): ``(d_model,)`` for the residual
+    stream, ``(n_heads, d_head)`` for ``attn.hook_z``. Other arguments as in
+    :func:`semantic_scope`.
+
+    Example:
+        >>> v = torch.randn(model.cfg.d_model)                                      # doctest: +SKIP
+        >>> scope(model, "Hello world", v, at="blocks.6.hook_resid_post").scores   # doctest: +SKIP
+    """
+    call = _setup(
+        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
+        freeze=freeze, fwd_hooks=fwd_hooks,
+    )
+    if not isinstance(direction, Tensor):
+        direction = torch.as_tensor(direction)
+    if not direction.is_floating_point():
+        raise ScopeInputError(f"direction must be a float tensor, got dtype {direction.dtype}")
+    if not torch.isfinite(direction).all():
+        raise ScopeInputError("direction contains NaN or inf")
+    if at is not None and not call.adapter.has_hook(at):
+        raise ScopeInputError(f"{at!r} is not a hook of this model (see model.hook_dict)")
+    with call.trace(at=at) as tr:
+        assert tr.logits is not None
+        v = direction.to(device=call.adapter.device, dtype=tr.explanandum.dtype)
+        pb = tr.pullback([call.position], v[None, None], keep_vectors=return_vectors)
+        logits = tr.logits.detach()
+    scores = {k: s[0].sqrt() for k, s in call.squared(pb).items()}
+    params = {"at": at or call.adapter.final_state.label, "direction_norm": float(direction.norm())}
+    return _result(call, "direction", scores, logits, call.tokens, [call.position], params,
+                   vectors=_vectors(call, pb))

