@@ -84,27 +84,48 @@ def hf_config(arch: str):
 
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS,
-            n_head=N_HEADS, initializer_range=0.2, attn_pdrop=0.1, resid_pdrop=0.1,
+            vocab_size=VOCAB,
+            n_positions=N_CTX,
+            n_embd=D_MODEL,
+            n_layer=N_LAYERS,
+            n_head=N_HEADS,
+            initializer_range=0.2,
+            attn_pdrop=0.1,
+            resid_pdrop=0.1,
             embd_pdrop=0.1,
         )
     if arch == "llama":
         return LlamaConfig(
-            vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=64,
-            num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=2,
-            max_position_embeddings=N_CTX, initializer_range=0.2, tie_word_embeddings=False,
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=N_HEADS,
+            num_key_value_heads=2,
+            max_position_embeddings=N_CTX,
+            initializer_range=0.2,
+            tie_word_embeddings=False,
         )
     if arch == "neox":
         return GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=64,
-            num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX, use_parallel_residual=True, rotary_pct=0.5,
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=N_HEADS,
+            max_position_embeddings=N_CTX,
+            use_parallel_residual=True,
+            rotary_pct=0.5,
             initializer_range=0.2,
         )
     raise ValueError(arch)
 
 
-_BRIDGE_NAMES = {"gpt2": "gpt2", "llama": "meta-llama/Llama-3.2-1B", "neox": "EleutherAI/pythia-70m"}
+_BRIDGE_NAMES = {
+    "gpt2": "gpt2",
+    "llama": "meta-llama/Llama-3.2-1B",
+    "neox": "EleutherAI/pythia-70m",
+}
 
 
 def make_hf(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -132,19 +153,33 @@ def hooked_config(arch: str, seed: int = 0):
     from transformer_lens import HookedTransformerConfig
 
     base = dict(
-        n_layers=N_LAYERS, d_model=D_MODEL, d_head=D_MODEL // N_HEADS, n_heads=N_HEADS,
-        d_mlp=64, n_ctx=N_CTX, d_vocab=VOCAB, act_fn="gelu", seed=seed,
+        n_layers=N_LAYERS,
+        d_model=D_MODEL,
+        d_head=D_MODEL // N_HEADS,
+        n_heads=N_HEADS,
+        d_mlp=64,
+        n_ctx=N_CTX,
+        d_vocab=VOCAB,
+        act_fn="gelu",
+        seed=seed,
         initializer_range=0.2,
     )
     extra = {
         "gpt2": dict(normalization_type="LN", positional_embedding_type="standard"),
         "llama": dict(
-            normalization_type="RMS", positional_embedding_type="rotary", act_fn="silu",
-            gated_mlp=True, n_key_value_heads=2, rotary_dim=8, final_rms=True,
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            act_fn="silu",
+            gated_mlp=True,
+            n_key_value_heads=2,
+            rotary_dim=8,
+            final_rms=True,
         ),
         "neox": dict(
-            normalization_type="LN", positional_embedding_type="rotary",
-            parallel_attn_mlp=True, rotary_dim=4,
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            parallel_attn_mlp=True,
+            rotary_dim=4,
         ),
     }[arch]
     return HookedTransformerConfig(**{**base, **extra})
@@ -181,7 +216,9 @@ def tokens(n: int = 7, seed: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ brute force
-def final_state_fn(model, toks: torch.Tensor, src: str = "hook_embed") -> tuple[Callable, torch.Tensor]:
+def final_state_fn(
+    model, toks: torch.Tensor, src: str = "hook_embed"
+) -> tuple[Callable, torch.Tensor]:
     """(f, a0): f maps the activation at ``src`` (pos, ...) to y at every position (pos, d).
 
     y is read with a plain torch pre-hook on ``model.unembed`` (independent of the
@@ -224,7 +261,7 @@ def brute_jacobian(model, toks, src: str = "hook_embed", position: int = -1):
         J = torch.autograd.functional.jacobian(lambda a: f(a)[position], a0.double().to(a0.dtype))
         y = f(a0).detach()
     finally:
-        for p, fl in zip(params, flags):
+        for p, fl in zip(params, flags, strict=True):
             p.requires_grad_(fl)
     return J.double(), y
 

@@ -18,7 +18,9 @@ CALLS = {
     "fisher_exact": lambda m, t: js.fisher_scope(m, t, method="exact", decompose=True),
     "fisher_sketch": lambda m, t: js.fisher_scope(m, t),
     "fisher_principal": lambda m, t: js.fisher_scope(m, t, method="principal"),
-    "direction": lambda m, t: js.scope(m, t, torch.ones(helpers.D_MODEL), at="blocks.0.hook_resid_post"),
+    "direction": lambda m, t: js.scope(
+        m, t, torch.ones(helpers.D_MODEL), at="blocks.0.hook_resid_post"
+    ),
     "layers": lambda m, t: js.semantic_scope(m, t, 11, sources="resid_pre", freeze=["norm_scale"]),
 }
 
@@ -29,7 +31,7 @@ def assert_same(before, after):
     assert after["hooks"] == before["hooks"]
     assert after["torch_hooks"] == before["torch_hooks"]
     assert len(after["grads"]) == len(before["grads"])
-    for a, b in zip(after["grads"], before["grads"]):
+    for a, b in zip(after["grads"], before["grads"], strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a, b)
@@ -69,7 +71,9 @@ def test_model_is_exactly_as_before_after_an_exception_inside_a_user_hook(tiny):
         raise RuntimeError("boom from a user hook")
 
     with pytest.raises(RuntimeError, match="boom"):
-        js.semantic_scope(model, helpers.tokens(6), 11, fwd_hooks=[("blocks.1.hook_resid_pre", boom)])
+        js.semantic_scope(
+            model, helpers.tokens(6), 11, fwd_hooks=[("blocks.1.hook_resid_pre", boom)]
+        )
     assert_same(before, model_fingerprint(model))
 
 

@@ -20,7 +20,7 @@ def close(actual, expected, rtol=RTOL, atol=ATOL):
 
 @pytest.fixture
 def case(tiny):
-    model, kind, arch = tiny
+    model, _, _ = tiny
     toks = helpers.tokens(7, seed=1)
     J, y = helpers.brute_jacobian(model, toks)  # J: (d, pos, d)
     W_U = model.W_U.detach().double()
@@ -122,10 +122,12 @@ def test_fisher_sketch_converges_to_the_exact_trace(case):
 def test_fisher_sketch_with_deflation_is_unbiased(case):
     model, toks, J, _, W_U, probs = case
     exact = helpers.fisher_trace(J, helpers.dense_fisher(W_U, probs))
-    runs = torch.stack([
-        js.fisher_scope(model, toks, rank=4, n_probes=8, eps=0.0, seed=s).scores.double()
-        for s in range(40)
-    ])
+    runs = torch.stack(
+        [
+            js.fisher_scope(model, toks, rank=4, n_probes=8, eps=0.0, seed=s).scores.double()
+            for s in range(40)
+        ]
+    )
     mean, sem = runs.mean(0), runs.std(0) / 40**0.5
     assert ((mean - exact).abs() <= 4 * sem + 1e-6).all()
 

@@ -10,6 +10,7 @@ model class.
 from __future__ import annotations
 
 import importlib.metadata
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,33 +199,55 @@ class ModelAdapter:
         TransformerLens records little of it (HookedTransformer keeps no flag for the
         centring steps, the Bridge only whether processing ran), so the centring steps are
         inferred: a centred unembedding has zero mean logit direction, centred writing
-        weights give zero-mean embeddings.
+        weights give zero-mean embeddings. Cached per model until a weight changes.
         """
-        W_U = self.W_U.float()
-        W_E = self.model.W_E.detach().float()
-        scale_u = W_U.abs().mean().clamp_min(1e-30)
-        scale_e = W_E.abs().mean().clamp_min(1e-30)
+        W_U, W_E = self.model.W_U.detach(), self.model.W_E.detach()
+        ln = getattr(self.model, "ln_final", None)
+        key = (
+            W_U.data_ptr(),
+            W_U._version,
+            W_E.data_ptr(),
+            W_E._version,
+            type(ln).__name__,
+            getattr(self.model, "_weights_processed", None),
+            getattr(self.model, "compatibility_mode", None),
+        )
+        cached = _PROCESSING_CACHE.get(self.model)
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
         if self.kind == "hooked":
-            ln = getattr(self.model, "ln_final", None)
             fold_ln = ln is not None and type(ln).__name__ in ("LayerNormPre", "RMSNormPre")
             compat = None
         else:
             processed = bool(getattr(self.model, "_weights_processed", False))
             fold_ln = processed and self.final_norm_is_constant()
             compat = bool(getattr(self.model, "compatibility_mode", False))
-        return {
+        state = {
             "model_class": self.class_name,
             "transformer_lens": _tl_version(),
             "fold_ln": bool(fold_ln),
-            "center_unembed": bool(W_U.mean(dim=1).abs().max() < 1e-5 * scale_u),
-            "center_writing_weights": bool(W_E.mean(dim=1).abs().max() < 1e-5 * scale_e),
+            "center_unembed": _centred(W_U, dim=1),
+            "center_writing_weights": _centred(W_E, dim=1),
             "compatibility_mode": compat,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+        _PROCESSING_CACHE[self.model] = (key, state)
+        return dict(state)
 
     @property
     def name(self) -> str:
         return str(getattr(self.cfg, "model_name", None) or self.class_name)
+
+
+_PROCESSING_CACHE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _centred(W: Tensor, dim: int) -> bool:
+    """Whether the mean of ``W`` along ``dim`` vanishes relative to W's RMS (no big copies)."""
+    rms = torch.linalg.vector_norm(W.float()) / W.numel() ** 0.5
+    return bool(W.float().mean(dim=dim).abs().max() < 1e-5 * rms.clamp_min(1e-30))
 
 
 def _maybe(p: Tensor | None) -> Tensor | None:

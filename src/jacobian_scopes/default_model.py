@@ -59,9 +59,11 @@ def _checkpoint_dir(source: Path) -> Path:
 
 
 def _complete(path: Path) -> bool:
-    return (path / "config.json").exists() and (path / "model.safetensors").exists() and (
-        path / "tokenizer.json"
-    ).exists()
+    return (
+        (path / "config.json").exists()
+        and (path / "model.safetensors").exists()
+        and (path / "tokenizer.json").exists()
+    )
 
 
 def _build_checkpoint(source: Path, target: Path) -> None:
@@ -100,12 +102,21 @@ def default_checkpoint() -> Path:
     """The cached float32 checkpoint of the default model, built on first use."""
     source = gguf_path()
     target = _checkpoint_dir(source)
-    if not _complete(target):
-        _build_checkpoint(source, target)
+    if _complete(target):
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One process dequantises; others (parallel test workers, notebooks) wait for it.
+    with FileLock(str(target) + ".lock"):
+        if not _complete(target):
+            _build_checkpoint(source, target)
     return target
 
 
-def load_default_model(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Any:
+def load_default_model(
+    device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Any:
     """SmolLM2-135M-Instruct as a TransformerBridge, fully offline.
 
     Raw Hugging Face numerics (no weight processing), so all three scopes are defined.
@@ -115,7 +126,8 @@ def load_default_model(device: str | torch.device | None = None, dtype: torch.dt
     Example:
         >>> from jacobian_scopes import load_default_model
         >>> model = load_default_model()                      # doctest: +SKIP
-        >>> model.to_str_tokens(model(model.to_tokens("The capital of France is"))[0, -1].argmax())  # doctest: +SKIP
+        >>> logits = model(model.to_tokens("The capital of France is"))   # doctest: +SKIP
+        >>> model.to_str_tokens(logits[0, -1].argmax())                  # doctest: +SKIP
         [' Paris']
     """
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
@@ -129,7 +141,9 @@ def load_default_model(device: str | torch.device | None = None, dtype: torch.dt
     return bridge_from_hf(HF_NAME, hf, tok, device=device, dtype=dtype)
 
 
-def bridge_from_hf(name: str, hf_model: Any, tokenizer: Any, device: Any = None, dtype: torch.dtype = torch.float32) -> Any:
+def bridge_from_hf(
+    name: str, hf_model: Any, tokenizer: Any, device: Any = None, dtype: torch.dtype = torch.float32
+) -> Any:
     """Wrap an already-loaded Hugging Face model in a TransformerBridge, without the Hub."""
     from transformer_lens.model_bridge import TransformerBridge
 

@@ -121,10 +121,15 @@ class Trace:
         self.adapter = adapter
         self.tokens = tokens
         self.taps = {name: GradientTap(name) for name in dict.fromkeys(sources)}
-        final = adapter.final_state if at is None else None
-        self.capture = Capture(at if final is None else final.label)
-        self._capture_hook = at if final is None else final.hook
-        self._capture_module = None if final is None else final.module
+        self._capture_hook: str | None
+        self._capture_module: torch.nn.Module | None
+        if at is None:
+            final = adapter.final_state
+            self.capture = Capture(final.label)
+            self._capture_hook, self._capture_module = final.hook, final.module
+        else:
+            self.capture = Capture(at)
+            self._capture_hook, self._capture_module = at, None
         self.user_hooks = list(fwd_hooks)
         self.freeze = list(freeze)
         self._stack: ExitStack | None = None
@@ -229,7 +234,7 @@ class Trace:
             chunk = directions[start : start + batch_size].to(out.dtype)
             last = start + batch_size >= K
             grads = _vjp(out, leaves, chunk, retain_graph=retain_graph or not last)
-            for name, leaf, g in zip(names, leaves, grads):
+            for name, leaf, g in zip(names, leaves, grads, strict=True):
                 assert leaf is not None
                 if g is None:
                     unused.add(name)

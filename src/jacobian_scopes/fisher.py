@@ -144,26 +144,37 @@ def plan(
     dist_sq = col_sq[ids].double() - 2 * (wbar @ W[:, ids]).double() + wbar.double().pow(2).sum()
     trace_support = float((p[ids].double() * dist_sq).sum().clamp_min(0))
     tail_mass = float(max(0.0, 1.0 - p[ids].double().sum().item()))
-    common = dict(
-        support_ids=ids.cpu(),
-        support_probs=p[ids].cpu(),
-        trace_full=max(trace_full, 0.0),
-        trace_support=trace_support,
-        tail_mass=tail_mass,
-    )
+    support_ids, support_probs = ids.cpu(), p[ids].cpu()
+
+    def make(
+        method: str, rows: Tensor, n_exact: int, per_candidate: bool, lam: Tensor | None
+    ) -> FisherPlan:
+        return FisherPlan(
+            method,
+            rows,
+            n_exact,
+            per_candidate,
+            support_ids,
+            support_probs,
+            lam,
+            max(trace_full, 0.0),
+            trace_support,
+            tail_mass,
+        )
+
     d = W.shape[0]
 
     if method == "exact" and (decompose or ids.numel() <= d):
         cand = candidate_rows(W, p, wbar, ids)
-        return FisherPlan("exact", cand, cand.shape[0], True, eigenvalues=None, **common)
+        return make("exact", cand, cand.shape[0], True, None)
 
     lam, U = _eigen(W, p, wbar, ids)
     factor = (U * lam.sqrt()).T.float()  # rows √λ_k u_kᵀ
     if method == "exact":
-        return FisherPlan("exact", factor, factor.shape[0], False, eigenvalues=lam, **common)
+        return make("exact", factor, factor.shape[0], False, lam)
     k = min(rank, factor.shape[0])
     if method == "principal":
-        return FisherPlan("principal", factor[:k], k, False, eigenvalues=lam, **common)
+        return make("principal", factor[:k], k, False, lam)
     rest = factor[k:]
     if rest.shape[0] == 0 or n_probes == 0:
         probes = rest.new_zeros((0, d))
@@ -173,7 +184,7 @@ def plan(
         ).to(rest.device)
         probes = g @ rest  # E[rrᵀ] = Σ_{k>rank} λ_k u_k u_kᵀ
     rows = torch.cat([factor[:k], probes])
-    return FisherPlan("sketch", rows, k, False, eigenvalues=lam, **common)
+    return make("sketch", rows, k, False, lam)
 
 
 def dense_fisher(W_U: Float[Tensor, "d V"], p: Float[Tensor, " V"]) -> Float[Tensor, "d d"]:

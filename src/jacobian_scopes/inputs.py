@@ -7,7 +7,6 @@ message and one test.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from jaxtyping import Int
@@ -16,8 +15,8 @@ from torch import Tensor
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 
-Prompt = Union[str, Tensor, Sequence[int]]
-TargetLike = Union[str, int, Tensor, Sequence[int]]
+Prompt = str | Tensor | Sequence[int]
+TargetLike = str | int | Tensor | Sequence[int]
 
 
 def resolve_tokens(
@@ -30,7 +29,9 @@ def resolve_tokens(
         tokens = adapter.to_tokens(prompt, prepend_bos=prepend_bos)
     else:
         if prepend_bos:
-            raise ScopeInputError("prepend_bos applies to string prompts; token ids are used as given")
+            raise ScopeInputError(
+                "prepend_bos applies to string prompts; token ids are used as given"
+            )
         tokens = _as_token_tensor(prompt, what="prompt")
         if tokens.dim() == 2:
             if tokens.shape[0] != 1:
@@ -39,7 +40,9 @@ def resolve_tokens(
                 )
             tokens = tokens[0]
         if tokens.dim() != 1:
-            raise ScopeInputError(f"token ids must be 1-D (pos,) or (1, pos), got {tuple(tokens.shape)}")
+            raise ScopeInputError(
+                f"token ids must be 1-D (pos,) or (1, pos), got {tuple(tokens.shape)}"
+            )
         tokens = tokens[None]
     n = tokens.shape[1]
     if n == 0:

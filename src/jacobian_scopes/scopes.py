@@ -60,7 +60,10 @@ class _Call:
 
     def squared(self, pb: Pullback) -> dict[str, Tensor]:
         """Squared norms keyed by the user's source labels (taps may differ, see sources)."""
-        return {label: pb.squared[tap] for label, tap in zip(self.spec.labels, self.spec.taps)}
+        return {
+            label: pb.squared[tap]
+            for label, tap in zip(self.spec.labels, self.spec.taps, strict=True)
+        }
 
 
 def _setup(
@@ -91,12 +94,15 @@ def _setup(
     )
 
 
-def _layout(spec: SourceSpec, per_source: dict[str, Tensor]) -> tuple[Tensor, tuple[str, ...], list[str] | None]:
+def _layout(
+    spec: SourceSpec, per_source: dict[str, Tensor]
+) -> tuple[Tensor, tuple[str, ...], list[str] | None]:
     """Arrange per-source tensors (*lead, pos[, head]) into the result's score layout."""
     if spec.layout == "embed":
         return per_source[spec.labels[0]], ("token",), None
-    parts, labels = [], []
-    for label, per_head in zip(spec.labels, spec.per_head):
+    parts: list[Tensor] = []
+    labels: list[str] = []
+    for label, per_head in zip(spec.labels, spec.per_head, strict=True):
         x = per_source[label]
         if per_head:
             x = x.movedim(-1, -2)  # (*lead, head, pos)
@@ -110,19 +116,25 @@ def _layout(spec: SourceSpec, per_source: dict[str, Tensor]) -> tuple[Tensor, tu
     return torch.cat(parts, dim=-2), ("source", "token"), labels
 
 
-def _predictions(adapter: ModelAdapter, logits_row: Tensor, k: int = N_TOP_PREDICTIONS) -> list[Prediction]:
+def _predictions(
+    adapter: ModelAdapter, logits_row: Tensor, k: int = N_TOP_PREDICTIONS
+) -> list[Prediction]:
     probs = torch.softmax(logits_row.float(), dim=-1)
     top = torch.topk(probs, min(k, probs.numel()))
     strs = adapter.to_str_tokens(top.indices.cpu())
     return [
-        Prediction(int(i), s, float(p)) for i, s, p in zip(top.indices.tolist(), strs, top.values)
+        Prediction(int(i), s, float(p))
+        for i, s, p in zip(top.indices.tolist(), strs, top.values, strict=True)
     ]
 
 
 def _vectors(call: _Call, pb: Pullback) -> Tensor | dict[str, Tensor] | None:
     if not pb.vectors:
         return None
-    by_label = {label: pb.vectors[tap][0].cpu() for label, tap in zip(call.spec.labels, call.spec.taps)}
+    by_label = {
+        label: pb.vectors[tap][0].cpu()
+        for label, tap in zip(call.spec.labels, call.spec.taps, strict=True)
+    }
     if call.spec.layout == "embed":
         return by_label[call.spec.labels[0]]
     return by_label
@@ -213,8 +225,13 @@ def semantic_scope(
         [(17, ' Columbia', 11.98...)]
     """
     call = _setup(
-        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
-        freeze=freeze, fwd_hooks=fwd_hooks,
+        model,
+        prompt,
+        position=position,
+        prepend_bos=prepend_bos,
+        sources=sources,
+        freeze=freeze,
+        fwd_hooks=fwd_hooks,
     )
     adapter = call.adapter
     if mode not in (None, "logit", "logprob"):
@@ -265,13 +282,22 @@ def semantic_scope(
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
     foil_str = adapter.to_str_tokens(torch.tensor([foil_id]))[0] if foil_id is not None else None
     target_info = Target(
-        ids=ids, tokens=adapter.to_str_tokens(torch.tensor(ids)), mode=mode_used,
-        foil_id=foil_id, foil=foil_str,
+        ids=ids,
+        tokens=adapter.to_str_tokens(torch.tensor(ids)),
+        mode=mode_used,
+        foil_id=foil_id,
+        foil=foil_str,
     )
     return _result(
-        call, "semantic", scores, logits, tokens, positions,
+        call,
+        "semantic",
+        scores,
+        logits,
+        tokens,
+        positions,
         {"mode": mode_used, "multi_token": len(ids) > 1},
-        target=target_info, vectors=_vectors(call, pb),
+        target=target_info,
+        vectors=_vectors(call, pb),
     )
 
 
@@ -302,8 +328,13 @@ def temperature_scope(
         torch.Size([11])
     """
     call = _setup(
-        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
-        freeze=freeze, fwd_hooks=fwd_hooks,
+        model,
+        prompt,
+        position=position,
+        prepend_bos=prepend_bos,
+        sources=sources,
+        freeze=freeze,
+        fwd_hooks=fwd_hooks,
     )
     adapter = call.adapter
     if adapter.final_norm_is_constant():
@@ -319,8 +350,14 @@ def temperature_scope(
         logits = tr.logits.detach()
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
     return _result(
-        call, "temperature", scores, logits, call.tokens, [call.position],
-        {"norm": float(norms[call.position])}, vectors=_vectors(call, pb),
+        call,
+        "temperature",
+        scores,
+        logits,
+        call.tokens,
+        [call.position],
+        {"norm": float(norms[call.position])},
+        vectors=_vectors(call, pb),
     )
 
 
@@ -369,13 +406,19 @@ def fisher_scope(
     ``result.fisher.tail_mass``). Other arguments as in :func:`semantic_scope`.
 
     Example:
-        >>> r = fisher_scope(model, "French: lentille jacobienne. English: Jacobian")  # doctest: +SKIP
-        >>> r.fisher.method, r.fisher.n_vjps                                             # doctest: +SKIP
+        >>> prompt = "French: lentille jacobienne. English: Jacobian"
+        >>> r = fisher_scope(model, prompt)                 # doctest: +SKIP
+        >>> r.fisher.method, r.fisher.n_vjps                # doctest: +SKIP
         ('sketch', 16)
     """
     call = _setup(
-        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
-        freeze=freeze, fwd_hooks=fwd_hooks,
+        model,
+        prompt,
+        position=position,
+        prepend_bos=prepend_bos,
+        sources=sources,
+        freeze=freeze,
+        fwd_hooks=fwd_hooks,
     )
     adapter = call.adapter
     if rank is None:
@@ -388,8 +431,14 @@ def fisher_scope(
         logits = tr.logits.detach()
         probs = torch.softmax(logits[0, call.position].float(), dim=-1)
         plan = fisher_math.plan(
-            adapter.W_U, probs, method=method, eps=eps, rank=rank, n_probes=n_probes,
-            decompose=decompose, generator=generator,
+            adapter.W_U,
+            probs,
+            method=method,
+            eps=eps,
+            rank=rank,
+            n_probes=n_probes,
+            decompose=decompose,
+            generator=generator,
         )
         keep_each = decompose or plan.n_probes > 0
         pb = tr.pullback(
@@ -429,10 +478,16 @@ def fisher_scope(
         contributions=contributions,
     )
     params = {
-        "method": plan.method, "eps": eps, "rank": rank, "n_probes": n_probes,
-        "decompose": decompose, "seed": seed,
+        "method": plan.method,
+        "eps": eps,
+        "rank": rank,
+        "n_probes": n_probes,
+        "decompose": decompose,
+        "seed": seed,
     }
-    return _result(call, "fisher", scores, logits, call.tokens, [call.position], params, fisher=details)
+    return _result(
+        call, "fisher", scores, logits, call.tokens, [call.position], params, fisher=details
+    )
 
 
 # ---------------------------------------------------------------------------- General
@@ -463,8 +518,13 @@ def scope(
         >>> scope(model, "Hello world", v, at="blocks.6.hook_resid_post").scores   # doctest: +SKIP
     """
     call = _setup(
-        model, prompt, position=position, prepend_bos=prepend_bos, sources=sources,
-        freeze=freeze, fwd_hooks=fwd_hooks,
+        model,
+        prompt,
+        position=position,
+        prepend_bos=prepend_bos,
+        sources=sources,
+        freeze=freeze,
+        fwd_hooks=fwd_hooks,
     )
     if not isinstance(direction, Tensor):
         direction = torch.as_tensor(direction)
@@ -481,5 +541,13 @@ def scope(
         logits = tr.logits.detach()
     scores = {k: s[0].sqrt() for k, s in call.squared(pb).items()}
     params = {"at": at or call.adapter.final_state.label, "direction_norm": float(direction.norm())}
-    return _result(call, "direction", scores, logits, call.tokens, [call.position], params,
-                   vectors=_vectors(call, pb))
+    return _result(
+        call,
+        "direction",
+        scores,
+        logits,
+        call.tokens,
+        [call.position],
+        params,
+        vectors=_vectors(call, pb),
+    )

