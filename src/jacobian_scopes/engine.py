@@ -51,10 +51,12 @@ class GradientTap:
     def __init__(self, name: str):
         self.name = name
         self.leaf: Tensor | None = None
+        self.value: Tensor | None = None  # the activation itself (detached), e.g. for x ⊙ ∇
 
     def __call__(self, tensor: Tensor, hook: Any) -> Tensor:
         leaf = torch.zeros_like(tensor, requires_grad=True)
         self.leaf = leaf
+        self.value = tensor.detach()
         return tensor + leaf
 
 
@@ -84,10 +86,10 @@ def _detach_hook(tensor: Tensor, hook: Any) -> Tensor:
 class Pullback:
     """Per-source squared norms of the vector-Jacobian products of a batch of directions.
 
-    ``squared[source]`` has shape (K, pos, *rest) where ``rest`` is what remains of the
-    activation after its last (feature) axis is reduced: () for the residual stream,
-    (head,) for ``attn.hook_z``. ``vectors[source]`` holds the raw products (K, pos, ...)
-    when they were asked for.
+    ``squared[source]`` has shape (K, batch, pos, *rest) where ``rest`` is what remains of
+    the activation after its last (feature) axis is reduced: () for the residual stream,
+    (head,) for ``attn.hook_z``; K is 1 when the directions were summed (``keep_each=False``).
+    ``vectors[source]`` holds the raw products (K, batch, pos, ...) when asked for.
     """
 
     squared: dict[str, Tensor]
@@ -112,7 +114,7 @@ class Trace:
     def __init__(
         self,
         adapter: ModelAdapter,
-        tokens: Int[Tensor, "1 pos"],
+        tokens: Int[Tensor, "batch pos"],
         sources: Sequence[str],
         at: str | None = None,
         fwd_hooks: HookList = (),
@@ -197,14 +199,14 @@ class Trace:
 
     @property
     def explanandum(self) -> Tensor:
-        """The live activation at the explanandum hook, shape (1, pos, *feature)."""
+        """The live activation at the explanandum hook, shape (batch, pos, *feature)."""
         assert self.capture.value is not None
         return self.capture.value
 
     def pullback(
         self,
-        positions: Sequence[int],
-        directions: Float[Tensor, "K n_pos *feature"],
+        positions: Sequence[int] | Int[Tensor, "batch n_pos"],
+        directions: Float[Tensor, "K *batch n_pos *feature"],
         *,
         batch_size: int | None = None,
         keep_each: bool = True,
@@ -213,10 +215,21 @@ class Trace:
     ) -> Pullback:
         """Squared norms per token of ``J_tᵀ v`` for every direction and every source.
 
-        ``directions[k, i]`` is the part of direction ``k`` at position ``positions[i]``;
-        with ``keep_each=False`` the squared norms are summed over ``k`` as they come.
+        ``positions`` are the explained positions, the same for every batch row (a list) or
+        per row (a (batch, n_pos) tensor). ``directions[k, b, i]`` is the part of direction
+        ``k`` at row ``b``, position ``positions[b, i]``; the batch axis may be left out to
+        use the same direction in every row. Batch rows are independent sequences, so one
+        backward pass serves them all. With ``keep_each=False`` the squared norms are
+        summed over ``k`` as they come.
         """
-        out = self.explanandum[0, list(positions)]
+        act = self.explanandum
+        n_batch = act.shape[0]
+        pos = torch.as_tensor(positions, dtype=torch.long, device=act.device)
+        if pos.dim() == 1:
+            pos = pos.expand(n_batch, -1)
+        out = act[torch.arange(n_batch, device=act.device)[:, None], pos]  # (B, P, *feature)
+        if directions.dim() == out.dim() and directions.shape[1:] == out.shape[1:]:
+            directions = directions[:, None].expand(-1, *out.shape)  # the same in every row
         if directions.shape[1:] != out.shape:
             raise ScopeInputError(
                 f"direction has shape {tuple(directions.shape[1:])}, but the activation at "
@@ -239,7 +252,7 @@ class Trace:
                 if g is None:
                     unused.add(name)
                     g = torch.zeros((chunk.shape[0], *leaf.shape), device=leaf.device)
-                g = g[:, 0].float()
+                g = g.float()
                 if leaf.dim() < 3:
                     raise ScopeInputError(
                         f"source {name!r} has shape {tuple(leaf.shape)}; a source needs "
@@ -265,7 +278,7 @@ class Trace:
 
 def _combine(parts: list[Tensor], keep_each: bool) -> Tensor:
     stacked = torch.cat(parts)
-    return stacked if keep_each else stacked.sum(0)
+    return stacked if keep_each else stacked.sum(0, keepdim=True)
 
 
 def default_batch_size(n_pos: int, d: int, n_sources: int) -> int:

@@ -59,11 +59,10 @@ class _Call:
         )
 
     def squared(self, pb: Pullback) -> dict[str, Tensor]:
-        """Squared norms keyed by the user's source labels (taps may differ, see sources)."""
-        return {
-            label: pb.squared[tap]
-            for label, tap in zip(self.spec.labels, self.spec.taps, strict=True)
-        }
+        """Squared norms (K, pos, ...) of the single prompt, keyed by the user's source labels
+        (the tapped hook may differ, see :mod:`jacobian_scopes.sources`)."""
+        pairs = zip(self.spec.labels, self.spec.taps, strict=True)
+        return {label: pb.squared[tap][:, 0] for label, tap in pairs}
 
 
 def _setup(
@@ -131,10 +130,8 @@ def _predictions(
 def _vectors(call: _Call, pb: Pullback) -> Tensor | dict[str, Tensor] | None:
     if not pb.vectors:
         return None
-    by_label = {
-        label: pb.vectors[tap][0].cpu()
-        for label, tap in zip(call.spec.labels, call.spec.taps, strict=True)
-    }
+    pairs = zip(call.spec.labels, call.spec.taps, strict=True)
+    by_label = {label: pb.vectors[tap][0, 0].cpu() for label, tap in pairs}
     if call.spec.layout == "embed":
         return by_label[call.spec.labels[0]]
     return by_label
@@ -453,10 +450,8 @@ def fisher_scope(
         if plan.n_probes > 1:
             spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
             stderr = _layout(call.spec, {s: v.cpu() for s, v in spread.items()})[0]
-    elif keep_each:
-        scores = {s: sq.sum(0) for s, sq in squared.items()}
     else:
-        scores = dict(squared)
+        scores = {s: sq.sum(0) for s, sq in squared.items()}
     if decompose:
         contributions = _layout(call.spec, {s: sq.cpu() for s, sq in squared.items()})[0]
     ids = plan.support_ids.tolist() if plan.per_candidate else plan.support_ids[:50].tolist()
