@@ -9,6 +9,9 @@ Example:
     >>> js.semantic_scope(model, "The capital of France is", " Paris")   # doctest: +SKIP
 """
 
+import importlib
+from typing import Any
+
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
@@ -16,6 +19,17 @@ from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Targ
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
 
 __version__ = "0.1.0"
+
+# The faithfulness modules pull in pandas and tqdm; they load on first use
+# (``js.baselines``, ``js.evaluate``), so ``import jacobian_scopes`` stays light.
+_LAZY = ("baselines", "evaluate", "methods", "stats")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"jacobian_scopes.{name}")
+    raise AttributeError(f"module 'jacobian_scopes' has no attribute {name!r}")
+
 
 __all__ = [
     "Capture",
@@ -28,9 +42,13 @@ __all__ = [
     "Target",
     "TemperatureUndefinedError",
     "Trace",
+    "baselines",
+    "evaluate",
     "fisher_scope",
     "load_default_model",
+    "methods",
     "scope",
     "semantic_scope",
+    "stats",
     "temperature_scope",
 ]

@@ -1,0 +1,107 @@
+"""Prompts for the faithfulness evaluation, and the LAMBADA passages of the paper.
+
+A :class:`Passage` is a prompt plus, optionally, the token a reference answer starts with
+(LAMBADA's final word). Its ``key`` identifies it in a resumable results file: the index
+and a hash of the prompt, so a results file cannot be silently reused for other data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.inputs import Prompt, TargetLike
+
+_LAST_WORD = re.compile(r"^(?P<prompt>.*\S)\s+(?P<word>\S+)\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One prompt to evaluate on. ``target`` is a reference next token (optional)."""
+
+    prompt: Prompt
+    target: TargetLike | None = None
+    key: str | None = None
+
+    def keyed(self, index: int) -> Passage:
+        """A copy whose key is ``"<index>:<hash of the prompt>"`` unless one was given."""
+        if self.key is not None:
+            return self
+        return Passage(self.prompt, self.target, f"{index}:{_digest(self.prompt)}")
+
+
+def _digest(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        data = prompt.encode("utf-8")
+    else:
+        ids = prompt.reshape(-1).tolist() if isinstance(prompt, Tensor) else list(prompt)
+        data = ",".join(str(int(i)) for i in ids).encode()
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
+def as_passages(prompts: Iterable[Prompt | Passage]) -> list[Passage]:
+    """Wrap plain prompts (text or token ids) as passages with keys.
+
+    Example:
+        >>> [p.key for p in as_passages(["a b", "c d"])]
+        ['0:da23614e02', '1:9fc00e8c2c']
+    """
+    if isinstance(prompts, (str, Tensor)):
+        raise ScopeInputError("prompts must be a list of prompts (text, token ids or Passage)")
+    out = []
+    for i, p in enumerate(prompts):
+        passage = p if isinstance(p, Passage) else Passage(p)
+        out.append(passage.keyed(i))
+    keys = [p.key for p in out]
+    if len(set(keys)) != len(keys):
+        raise ScopeInputError("two passages share a key; give each a distinct key")
+    if not out:
+        raise ScopeInputError("no prompts to evaluate")
+    return out
+
+
+def split_last_word(text: str) -> tuple[str, str]:
+    """(prompt, " word"): the text before its last whitespace-separated word, and that word
+    with one leading space (how it continues the prompt for the tokenizer).
+
+    Example:
+        >>> split_last_word("He looked at her and said hello")
+        ('He looked at her and said', ' hello')
+    """
+    m = _LAST_WORD.match(text)
+    if m is None:
+        raise ScopeInputError(f"cannot split a last word off {text[:40]!r}")
+    return m.group("prompt"), " " + m.group("word")
+
+
+def load_lambada(path: str | Path, limit: int | None = None) -> list[Passage]:
+    """LAMBADA passages from a JSON list of ``{"text": ...}``: the prompt is the passage
+    without its last word; the reference target is that word (its first token is used).
+
+    Example:
+        >>> passages = load_lambada("../shared/data/lambada_200.json", limit=5)  # doctest: +SKIP
+        >>> passages[0].target                                                    # doctest: +SKIP
+        ' Bob'
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (pass the path of lambada_200.json)")
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("text"), str) for e in entries
+    ):
+        raise ScopeInputError(f"{path} must hold a JSON list of {{'text': ...}} objects")
+    if limit is not None:
+        entries = entries[:limit]
+    out = []
+    for i, e in enumerate(entries):
+        prompt, word = split_last_word(e["text"])
+        out.append(Passage(prompt, word, f"{i}:{_digest(prompt)}"))
+    return out
