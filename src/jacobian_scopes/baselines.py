@@ -117,7 +117,12 @@ def _finish(
 
 
 def replacement_token(adapter: ModelAdapter, replacement: TargetLike | None) -> int:
-    """The token used for "token replaced": the given one, else pad, unk or eos."""
+    """The token used for "token replaced": the given one, else pad, unk or eos.
+
+    Example:
+        >>> replacement_token(ModelAdapter(model), None)          # doctest: +SKIP
+        2
+    """
     if replacement is not None:
         return single_token(adapter, replacement, what="replacement")
     tok = getattr(adapter.model, "tokenizer", None)
@@ -477,6 +482,11 @@ def occlusion_logits(
 
     Only tokens up to ``position`` are occluded (later ones cannot matter in a causal
     model); the result has ``position + 2`` rows.
+
+    Example:
+        >>> adapter = ModelAdapter(model)                                   # doctest: +SKIP
+        >>> logits = occlusion_logits(adapter, tokens, tokens.shape[1] - 1)  # doctest: +SKIP
+        >>> occlusion_effects(logits, None, "kl")  # KL per left-out token  # doctest: +SKIP
     """
     n = position + 1
     rows = tokens.expand(n + 1, -1).clone()
@@ -495,7 +505,13 @@ def occlusion_logits(
 def occlusion_effects(
     logits: Float[Tensor, "rows vocab"], target_id: int | None, measure: str
 ) -> Float[Tensor, " n"]:
-    """Per occluded token (rows 1…), the drop of the measure against row 0 (or KL(p₀‖p_t))."""
+    """Per occluded token (rows 1…), the drop of the measure against row 0 (or KL(p₀‖p_t)).
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+        >>> round(float(occlusion_effects(logits, 0, "logprob")[0]), 4)
+        0.5662
+    """
     logp = torch.log_softmax(logits.double(), dim=-1)
     if measure == "kl":
         p0 = logp[0].exp()

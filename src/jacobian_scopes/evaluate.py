@@ -267,7 +267,6 @@ class _Runner:
         todo = [m for m in self.methods if not all(self._complete(key, o) for o in m.outputs)]
         if not todo and self.store.get("passage", key) is not None:
             return
-        started = time.perf_counter()
         adapter = self.adapter
         tokens = resolve_tokens(adapter, passage.prompt)
         n = tokens.shape[1]
@@ -290,7 +289,6 @@ class _Runner:
             explained = reference
 
         # Leave-one-out rows: the LOO reference, and the occlusion method, share them.
-        loo_kl = None
         loo_drop = None
         ref = self.store.get("reference", key, "loo_kl")
         need_loo_scores = any(
@@ -357,10 +355,10 @@ class _Runner:
                 "base_logprob": float(base_logp[measured]),
                 "reference": reference,
                 "reference_matches": None if reference is None else reference == measured,
+                # the deletion and ERASER passes (attribution times are on the method records)
                 "metric_seconds": float(old.get("metric_seconds", 0.0))
                 + time.perf_counter()
                 - t_metrics,
-                "wall_seconds": float(old.get("wall_seconds", 0.0)) + time.perf_counter() - started,
             }
         )
 

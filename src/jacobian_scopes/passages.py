@@ -51,7 +51,7 @@ def as_passages(prompts: Iterable[Prompt | Passage]) -> list[Passage]:
 
     Example:
         >>> [p.key for p in as_passages(["a b", "c d"])]
-        ['0:da23614e02', '1:9fc00e8c2c']
+        ['0:7dbde9350412', '1:3526a043590f']
     """
     if isinstance(prompts, (str, Tensor)):
         raise ScopeInputError("prompts must be a list of prompts (text, token ids or Passage)")
