@@ -12,6 +12,8 @@ Example:
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.guard import frozen
+from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
 
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Capture",
     "FisherDetails",
+    "GradientCache",
+    "GradientProbe",
     "GradientTap",
     "NonFiniteError",
     "Prediction",
@@ -29,6 +33,7 @@ __all__ = [
     "TemperatureUndefinedError",
     "Trace",
     "fisher_scope",
+    "frozen",
     "load_default_model",
     "scope",
     "semantic_scope",

@@ -87,6 +87,16 @@ class ScopeResult:
     of ``tokens``. ``position`` is where the explained prediction is made (for a multi-token
     target, ``positions`` lists every position whose prediction is summed).
 
+    ``first_order`` (single-direction scopes) holds the signed terms ``⟨a_t, J_tᵀv⟩``: the
+    linearised effect on ``vᵀy`` of zeroing each source activation (at the embeddings,
+    "input × gradient"). Unlike ``scores`` (norms, which do not add up), these are additive
+    wherever the network is linear: summed over heads, the per-head terms at
+    ``attn.hook_z`` equal the attention output's own term minus its bias's,
+    ``⟨attn_out_t − b_O, ∂L/∂attn_out_t⟩``, because ``attn_out = Σ_h z_h W_O^h + b_O``.
+    Across layers nothing is additive (each layer's gradient already includes every later
+    nonlinearity), which is why a layer × token map shows where influence *passes*, not a
+    share of it.
+
     Example:
         >>> r = semantic_scope(model, "The capital of France is", " Paris")  # doctest: +SKIP
         >>> r.top(3)                                                           # doctest: +SKIP
@@ -107,7 +117,8 @@ class ScopeResult:
     score_axes: tuple[str, ...] = ("token",)
     source_labels: list[str] | None = None
     bos: bool = False
-    vectors: Tensor | None = None
+    vectors: Tensor | dict[str, Tensor] | None = None
+    first_order: Tensor | None = None
     fisher: FisherDetails | None = None
 
     @property
