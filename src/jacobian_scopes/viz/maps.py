@@ -105,20 +105,24 @@ class MapView(View):
         return "\n".join(parts)
 
     def __rich__(self) -> Any:
-        from rich.table import Table
+        # A grid of two-character coloured cells, columns numbered (a table with one
+        # column per token would not fit a terminal); the numbered columns are listed below.
+        from rich.console import Group
+        from rich.text import Text
 
         scale = self.scale
-        table = Table(title=self.title, box=None, show_header=True, pad_edge=False)
-        table.add_column("")
-        for c in self.cols:
-            table.add_column(safe_text(c)[:6], no_wrap=True)
+        width = max(len(r) for r in self.rows)
+        grid = Text(" " * (width + 1) + "".join(f"{j % 100:<2d}" for j in range(len(self.cols))))
         for label, row in zip(self.rows, self.values, strict=True):
-            cells = [
-                " " if j == self.left_out else f"[on {_mix(_BLUE, v / scale)}]  [/]"
-                for j, v in enumerate(row)
-            ]
-            table.add_row(label, *cells)
-        return table
+            grid.append("\n" + label.rjust(width) + " ")
+            for j, v in enumerate(row):
+                if j == self.left_out:
+                    grid.append("··", style="dim")
+                else:
+                    grid.append("  ", style=f"on {_mix(_BLUE, v / scale)}")
+        key = Text("  ".join(f"{j}:{safe_text(c)}" for j, c in enumerate(self.cols)), style="dim")
+        title = Text(safe_text(self.title or ""), style="bold")
+        return Group(title, grid, key)
 
 
 def short_label(name: str) -> str:

@@ -244,15 +244,13 @@ def plot_series(
         linewidths=0.4,
         zorder=2,
     )
-    fig.colorbar(points, ax=[ax, bx], fraction=0.02, pad=0.01, label=f"influence ({s.aggregate})")
-    guesses = ", ".join(
-        f"{mpl_text(p.token.strip())} {p.prob:.0%}" for p in result.top_predictions[:3]
-    )
+    fig.colorbar(points, ax=[ax, bx], fraction=0.02, pad=0.02, label=f"influence ({s.aggregate})")
+    guesses = ", ".join(f"{show_token(p.token)} {p.prob:.0%}" for p in result.top_predictions[:3])
     for a in (ax, bx):
         a.axvline(n, color=NEGATIVE, linestyle="--", linewidth=1)
         a.spines[["top", "right"]].set_visible(False)
     ax.annotate(
-        f"next value\n(explained)\n{guesses}",
+        "next value\n(explained)",
         (n, float(np.mean(s.values))),
         xytext=(4, 0),
         textcoords="offset points",
@@ -265,7 +263,10 @@ def plot_series(
     bx.set_ylabel("influence")
     bx.set_xlabel("index of the value in the prompt")
     bx.set_xlim(-1, n + 4)
-    ax.set_title(mpl_text(f"{describe(result)} · influence of each value"), fontsize=10)
+    title = f"{describe(result)} · influence of each value"
+    if guesses:
+        title += f" · model's next token: {guesses}"
+    ax.set_title(mpl_text(title), fontsize=10)
     return fig
 
 

@@ -214,4 +214,3 @@ def _rich(view: View) -> Any:
     if rich is None:  # pragma: no cover - every view defines it
         return repr(view)
     return rich()
-
