@@ -14,6 +14,7 @@ from rich.console import Console
 
 import jacobian_scopes as js
 from jacobian_scopes.viz import page as page_mod
+from jacobian_scopes.viz.attention import AttentionView
 from jacobian_scopes.viz.plots import mpl_text, series_influence
 from jacobian_scopes.viz.report import notebook_html, render_document, widgets
 from jacobian_scopes.viz.terminal import safe_text
@@ -296,7 +297,16 @@ def _snapshot_views():
     temp = fake_result(
         ["<bos>", "1", "2", ","], [3.0, 1.0, 2.0, 0.5], scope="temperature", target=None
     )
-    return [lib, js.compare(lib, con, difference=True), temp]
+    n = temp.n_tokens
+    pattern = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]  # exact values
+    attention = AttentionView(
+        scope_row=token_view(temp),
+        head_rows=[colored_tokens(temp.str_tokens, pattern[-1].tolist(), position=n - 1)],
+        head_names=["L0H0"],
+        patterns=pattern[None],
+        tokens=["<bos>", "<b>1", "2&", ","],
+    )
+    return [lib, js.compare(lib, con, difference=True), temp, attention]
 
 
 def test_widget_props_match_the_snapshot():
