@@ -205,7 +205,13 @@ def layer_head_map(
 
 
 def maps(result: ScopeResult, *, include_bos: bool = False) -> list[MapView]:
-    """Every map that fits the result's layout (none for a plain per-token result)."""
+    """Every map that fits the result's layout (none for a plain per-token result).
+
+    Example:
+        >>> r = js.semantic_scope(model, prompt, " liberal", sources="z")  # doctest: +SKIP
+        >>> [m.title for m in maps(r)]                                     # doctest: +SKIP
+        ["Semantic · logit of ' liberal' · layer × head", "… · layer × token"]
+    """
     if result.scores.dim() == 1:
         return []
     out = [layer_token_map(result, include_bos=include_bos)]

@@ -97,7 +97,12 @@ class FigureView(View):
 
 
 def as_view(obj: Any) -> View:
-    """Turn anything :func:`save_html` accepts into a view (see the module docstring)."""
+    """Turn anything :func:`save_html` accepts into a view (see the module docstring).
+
+    Example:
+        >>> as_view(("Notes", "plain text")).heading
+        'Notes'
+    """
     if isinstance(obj, View):
         return obj
     if isinstance(obj, ScopeResult):
@@ -129,7 +134,12 @@ def result_view(result: ScopeResult, *, include_bos: bool = False) -> View:
 
 
 def render_document(*views: Any, title: str | None = None) -> str:
-    """A complete HTML document (str) holding ``views``; see :func:`save_html`."""
+    """A complete HTML document (str) holding ``views``; see :func:`save_html`.
+
+    Example:
+        >>> render_document("hello <world>", title="T").count("&lt;world&gt;")
+        1
+    """
     page = Page(prefix="jsv")
     body = "\n".join(as_view(v).render(page) for v in views)
     heading = f"<h1>{escape_text(title)}</h1>\n" if title else ""
