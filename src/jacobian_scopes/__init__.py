@@ -16,6 +16,16 @@ from jacobian_scopes.guard import frozen
 from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
+from jacobian_scopes.viz import (
+    beside_attention,
+    compare,
+    layer_head_map,
+    layer_token_map,
+    plot_series,
+    print_result,
+    save_html,
+    show,
+)
 
 __version__ = "0.1.0"
 
@@ -32,10 +42,18 @@ __all__ = [
     "Target",
     "TemperatureUndefinedError",
     "Trace",
+    "beside_attention",
+    "compare",
     "fisher_scope",
     "frozen",
+    "layer_head_map",
+    "layer_token_map",
     "load_default_model",
+    "plot_series",
+    "print_result",
+    "save_html",
     "scope",
     "semantic_scope",
+    "show",
     "temperature_scope",
 ]
