@@ -15,12 +15,24 @@ from typing import Any
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.guard import frozen
+from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
+from jacobian_scopes.viz import (
+    beside_attention,
+    compare,
+    layer_head_map,
+    layer_token_map,
+    plot_series,
+    print_result,
+    save_html,
+    show,
+)
 
 __version__ = "0.1.0"
 
-# The faithfulness modules pull in pandas and tqdm; they load on first use
+# The faithfulness modules pull in pandas; they load on first use
 # (``js.baselines``, ``js.evaluate``), so ``import jacobian_scopes`` stays light.
 _LAZY = ("baselines", "evaluate", "methods", "stats")
 
@@ -34,6 +46,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Capture",
     "FisherDetails",
+    "GradientCache",
+    "GradientProbe",
     "GradientTap",
     "NonFiniteError",
     "Prediction",
@@ -43,12 +57,21 @@ __all__ = [
     "TemperatureUndefinedError",
     "Trace",
     "baselines",
+    "beside_attention",
+    "compare",
     "evaluate",
     "fisher_scope",
+    "frozen",
+    "layer_head_map",
+    "layer_token_map",
     "load_default_model",
     "methods",
+    "plot_series",
+    "print_result",
+    "save_html",
     "scope",
     "semantic_scope",
+    "show",
     "stats",
     "temperature_scope",
 ]

@@ -89,11 +89,13 @@ class Pullback:
     ``squared[source]`` has shape (K, batch, pos, *rest) where ``rest`` is what remains of
     the activation after its last (feature) axis is reduced: () for the residual stream,
     (head,) for ``attn.hook_z``; K is 1 when the directions were summed (``keep_each=False``).
-    ``vectors[source]`` holds the raw products (K, batch, pos, ...) when asked for.
+    ``vectors[source]`` holds the raw products (K, batch, pos, ...) when asked for, and
+    ``dots[source]`` the first-order terms ⟨activation, J_tᵀv⟩ (K, batch, pos, *rest).
     """
 
     squared: dict[str, Tensor]
     vectors: dict[str, Tensor] = field(default_factory=dict)
+    dots: dict[str, Tensor] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)
 
 
@@ -211,6 +213,7 @@ class Trace:
         batch_size: int | None = None,
         keep_each: bool = True,
         keep_vectors: bool = False,
+        keep_dots: bool = False,
         retain_graph: bool = False,
     ) -> Pullback:
         """Squared norms per token of ``J_tᵀ v`` for every direction and every source.
@@ -220,7 +223,8 @@ class Trace:
         ``k`` at row ``b``, position ``positions[b, i]``; the batch axis may be left out to
         use the same direction in every row. Batch rows are independent sequences, so one
         backward pass serves them all. With ``keep_each=False`` the squared norms are
-        summed over ``k`` as they come.
+        summed over ``k`` as they come. ``keep_dots`` also returns the signed first-order
+        terms ⟨a_t, J_tᵀv⟩ (the linearised effect of zeroing each activation).
         """
         act = self.explanandum
         n_batch = act.shape[0]
@@ -242,6 +246,7 @@ class Trace:
             batch_size = default_batch_size(self.tokens.shape[1], out.shape[-1], len(names))
         squared: dict[str, list[Tensor]] = {n: [] for n in names}
         vectors: dict[str, list[Tensor]] = {n: [] for n in names}
+        dots: dict[str, list[Tensor]] = {n: [] for n in names}
         unused: set[str] = set()
         for start in range(0, K, batch_size):
             chunk = directions[start : start + batch_size].to(out.dtype)
@@ -262,9 +267,14 @@ class Trace:
                 squared[name].append(sq if keep_each else sq.sum(0, keepdim=True))
                 if keep_vectors:
                     vectors[name].append(g)
+                if keep_dots:
+                    value = self.taps[name].value
+                    assert value is not None
+                    dots[name].append((g * value.float()).sum(-1))
         result = Pullback(
             squared={n: _combine(v, keep_each) for n, v in squared.items()},
             vectors={n: torch.cat(v) for n, v in vectors.items() if v},
+            dots={n: torch.cat(v) for n, v in dots.items() if v},
             unused=sorted(unused),
         )
         for name, sq in result.squared.items():

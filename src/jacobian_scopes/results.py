@@ -87,6 +87,16 @@ class ScopeResult:
     of ``tokens``. ``position`` is where the explained prediction is made (for a multi-token
     target, ``positions`` lists every position whose prediction is summed).
 
+    ``first_order`` (single-direction scopes) holds the signed terms ``⟨a_t, J_tᵀv⟩``: the
+    linearised effect on ``vᵀy`` of zeroing each source activation (at the embeddings,
+    "input × gradient"). Unlike ``scores`` (norms, which do not add up), these are additive
+    wherever the network is linear: summed over heads, the per-head terms at
+    ``attn.hook_z`` equal the attention output's own term minus its bias's,
+    ``⟨attn_out_t − b_O, ∂L/∂attn_out_t⟩``, because ``attn_out = Σ_h z_h W_O^h + b_O``.
+    Across layers nothing is additive (each layer's gradient already includes every later
+    nonlinearity), which is why a layer × token map shows where influence *passes*, not a
+    share of it.
+
     Example:
         >>> r = semantic_scope(model, "The capital of France is", " Paris")  # doctest: +SKIP
         >>> r.top(3)                                                           # doctest: +SKIP
@@ -107,7 +117,8 @@ class ScopeResult:
     score_axes: tuple[str, ...] = ("token",)
     source_labels: list[str] | None = None
     bos: bool = False
-    vectors: Tensor | None = None
+    vectors: Tensor | dict[str, Tensor] | None = None
+    first_order: Tensor | None = None
     fisher: FisherDetails | None = None
 
     @property
@@ -151,6 +162,55 @@ class ScopeResult:
                     label = labels[j] if j < len(labels) else str(j)
                     rows.append({**base, "source": label, "score": float(scores[j, t])})
         return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ seeing it
+    # The views live in jacobian_scopes.viz (imported on use: matplotlib and rich are
+    # only loaded when a result is shown).
+    def show(self, **kwargs: Any) -> None:
+        """Display: CircuitsVis coloured tokens in a notebook, rich text in a terminal.
+
+        Example:
+            >>> js.semantic_scope(model, prompt, " liberal").show()     # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.report import result_view, show
+
+        show(result_view(self, **kwargs))
+
+    def _repr_html_(self) -> str:
+        from jacobian_scopes.viz.report import notebook_html, result_view
+
+        return notebook_html(result_view(self))
+
+    def save_html(self, path: Any, *, title: str | None = None) -> Any:
+        """Write this result as a self-contained offline HTML page; returns the path.
+
+        Example:
+            >>> r.save_html("reports/liberal.html")                      # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.report import save_html
+
+        return save_html(path, self, title=title)
+
+    def plot(self, kind: str = "auto", **kwargs: Any) -> Any:
+        """A matplotlib Figure: ``"tokens"`` (bars, or layer maps for drill-down results)
+        or ``"series"`` (a numeric prompt's values with their influence); ``"auto"`` picks
+        tokens. Save it with ``fig.savefig("x.png" | "x.svg" | "x.pdf")``.
+
+        Example:
+            >>> r.plot().savefig("liberal.svg")                          # doctest: +SKIP
+        """
+        from jacobian_scopes.viz import plots
+
+        if kind in ("auto", "tokens"):
+            return plots.plot_result(self, **kwargs)
+        if kind == "series":
+            return plots.plot_series(self, **kwargs)
+        raise ValueError(f"kind must be 'auto', 'tokens' or 'series', got {kind!r}")
+
+    def __rich__(self) -> Any:
+        from jacobian_scopes.viz.terminal import result_renderable
+
+        return result_renderable(self)
 
     def __repr__(self) -> str:
         what = self.scope

@@ -30,7 +30,13 @@ from jacobian_scopes.inputs import (
     single_token,
 )
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
-from jacobian_scopes.sources import SourcesLike, SourceSpec, resolve_freeze, resolve_sources
+from jacobian_scopes.sources import (
+    SourcesLike,
+    SourceSpec,
+    arrange,
+    resolve_freeze,
+    resolve_sources,
+)
 
 N_TOP_PREDICTIONS = 5
 
@@ -57,6 +63,11 @@ class _Call:
             fwd_hooks=self.fwd_hooks,
             freeze=self.freeze,
         )
+
+    def first_order(self, pb: Pullback) -> Tensor:
+        """The signed terms ⟨a_t, J_tᵀv⟩ of a single direction, in the result layout."""
+        pairs = zip(self.spec.labels, self.spec.taps, strict=True)
+        return arrange(self.spec, {label: pb.dots[tap][0, 0].cpu() for label, tap in pairs})[0]
 
     def squared(self, pb: Pullback) -> dict[str, Tensor]:
         """Squared norms (K, pos, ...) of the single prompt, keyed by the user's source labels
@@ -93,28 +104,6 @@ def _setup(
     )
 
 
-def _layout(
-    spec: SourceSpec, per_source: dict[str, Tensor]
-) -> tuple[Tensor, tuple[str, ...], list[str] | None]:
-    """Arrange per-source tensors (*lead, pos[, head]) into the result's score layout."""
-    if spec.layout == "embed":
-        return per_source[spec.labels[0]], ("token",), None
-    parts: list[Tensor] = []
-    labels: list[str] = []
-    for label, per_head in zip(spec.labels, spec.per_head, strict=True):
-        x = per_source[label]
-        if per_head:
-            x = x.movedim(-1, -2)  # (*lead, head, pos)
-            labels.extend(f"{label}[{h}]" for h in range(x.shape[-2]))
-        else:
-            x = x.unsqueeze(-2)
-            labels.append(label)
-        parts.append(x)
-    if spec.layout == "heads":
-        return torch.stack(parts, dim=-3), ("layer", "head", "token"), list(spec.labels)
-    return torch.cat(parts, dim=-2), ("source", "token"), labels
-
-
 def _predictions(
     adapter: ModelAdapter, logits_row: Tensor, k: int = N_TOP_PREDICTIONS
 ) -> list[Prediction]:
@@ -147,7 +136,7 @@ def _result(
     params: dict[str, Any],
     **extra: Any,
 ) -> ScopeResult:
-    arranged, axes, labels = _layout(call.spec, {k: v.detach().cpu() for k, v in scores.items()})
+    arranged, axes, labels = arrange(call.spec, {k: v.detach().cpu() for k, v in scores.items()})
     adapter = call.adapter
     bos_id = getattr(getattr(adapter.model, "tokenizer", None), "bos_token_id", None)
     prepended = call.prepend_bos
@@ -219,7 +208,7 @@ def semantic_scope(
         >>> model = load_default_model()                                    # doctest: +SKIP
         >>> prompt = "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a"
         >>> semantic_scope(model, prompt, " liberal").top(1)                # doctest: +SKIP
-        [(17, ' Columbia', 11.98...)]
+        [(15, ' Columbia', 11.98...)]
     """
     call = _setup(
         model,
@@ -275,7 +264,7 @@ def semantic_scope(
         elif mode_used == "logprob":
             probs = torch.softmax(logits[0, positions].float(), dim=-1)
             dirs = dirs - (probs @ W_U.float().T).to(dirs.dtype)
-        pb = tr.pullback(positions, dirs[None], keep_vectors=return_vectors)
+        pb = tr.pullback(positions, dirs[None], keep_vectors=return_vectors, keep_dots=True)
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
     foil_str = adapter.to_str_tokens(torch.tensor([foil_id]))[0] if foil_id is not None else None
     target_info = Target(
@@ -295,6 +284,7 @@ def semantic_scope(
         {"mode": mode_used, "multi_token": len(ids) > 1},
         target=target_info,
         vectors=_vectors(call, pb),
+        first_order=call.first_order(pb),
     )
 
 
@@ -343,7 +333,7 @@ def temperature_scope(
         if norms.numel() > 1 and float((norms.max() - norms.min()) / norms.max()) < 1e-5:
             raise TemperatureUndefinedError(_TEMPERATURE_HELP)
         v = (y[call.position] / y[call.position].norm())[None, None]
-        pb = tr.pullback([call.position], v, keep_vectors=return_vectors)
+        pb = tr.pullback([call.position], v, keep_vectors=return_vectors, keep_dots=True)
         logits = tr.logits.detach()
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
     return _result(
@@ -355,6 +345,7 @@ def temperature_scope(
         [call.position],
         {"norm": float(norms[call.position])},
         vectors=_vectors(call, pb),
+        first_order=call.first_order(pb),
     )
 
 
@@ -449,11 +440,11 @@ def fisher_scope(
         scores = {s: sq[:k].sum(0) + sq[k:].mean(0) for s, sq in squared.items()}
         if plan.n_probes > 1:
             spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
-            stderr = _layout(call.spec, {s: v.cpu() for s, v in spread.items()})[0]
+            stderr = arrange(call.spec, {s: v.cpu() for s, v in spread.items()})[0]
     else:
         scores = {s: sq.sum(0) for s, sq in squared.items()}
     if decompose:
-        contributions = _layout(call.spec, {s: sq.cpu() for s, sq in squared.items()})[0]
+        contributions = arrange(call.spec, {s: sq.cpu() for s, sq in squared.items()})[0]
     ids = plan.support_ids.tolist() if plan.per_candidate else plan.support_ids[:50].tolist()
     details = FisherDetails(
         method=plan.method,
@@ -532,7 +523,9 @@ def scope(
     with call.trace(at=at) as tr:
         assert tr.logits is not None
         v = direction.to(device=call.adapter.device, dtype=tr.explanandum.dtype)
-        pb = tr.pullback([call.position], v[None, None], keep_vectors=return_vectors)
+        pb = tr.pullback(
+            [call.position], v[None, None], keep_vectors=return_vectors, keep_dots=True
+        )
         logits = tr.logits.detach()
     scores = {k: s[0].sqrt() for k, s in call.squared(pb).items()}
     params = {"at": at or call.adapter.final_state.label, "direction_norm": float(direction.norm())}
@@ -545,4 +538,5 @@ def scope(
         [call.position],
         params,
         vectors=_vectors(call, pb),
+        first_order=call.first_order(pb),
     )

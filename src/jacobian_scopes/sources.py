@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 
@@ -118,3 +121,30 @@ def resolve_freeze(adapter: ModelAdapter, freeze: Iterable[str]) -> list[str]:
             raise ScopeInputError(f"this model has no hooks to freeze for {kind!r}")
         names.extend(found)
     return names
+
+
+def arrange(
+    spec: SourceSpec, per_source: dict[str, Tensor]
+) -> tuple[Tensor, tuple[str, ...], list[str] | None]:
+    """Arrange per-source tensors (*lead, pos[, head]) into the result layout.
+
+    Returns the arranged tensor, its axis names and the row labels: (*lead, pos) for the
+    embeddings, (*lead, source, pos) for a list of hooks (per-head hooks give one row per
+    head), (*lead, layer, head, pos) for the ``"z"`` shortcut.
+    """
+    if spec.layout == "embed":
+        return per_source[spec.labels[0]], ("token",), None
+    parts: list[Tensor] = []
+    labels: list[str] = []
+    for label, per_head in zip(spec.labels, spec.per_head, strict=True):
+        x = per_source[label]
+        if per_head:
+            x = x.movedim(-1, -2)  # (*lead, head, pos)
+            labels.extend(f"{label}[{h}]" for h in range(x.shape[-2]))
+        else:
+            x = x.unsqueeze(-2)
+            labels.append(label)
+        parts.append(x)
+    if spec.layout == "heads":
+        return torch.stack(parts, dim=-3), ("layer", "head", "token"), list(spec.labels)
+    return torch.cat(parts, dim=-2), ("source", "token"), labels
