@@ -99,6 +99,9 @@ def test_input_x_gradient_matches_brute_force(case, mode):
     norm = baselines.input_x_gradient(model, toks, 11, mode=mode, reduce="norm")
     close(norm.scores, expected.norm(dim=-1))
     assert r.target.ids == [11] and r.target.mode == mode
+    # the Semantic scope's signed first-order terms are input × gradient by another path
+    close(js.semantic_scope(model, toks, 11, mode=mode).first_order, r.scores)
+    close(r.first_order, r.scores)
 
 
 # --------------------------------------------------------- integrated gradients
@@ -324,3 +327,16 @@ def test_bad_input_gets_a_clear_error(kind, call, match):
     with pytest.raises(js.ScopeInputError, match=match):
         call(model, helpers.tokens(6))
     assert_same(before, model_fingerprint(model))
+
+
+def test_baseline_results_render_like_the_scopes(kind, tmp_path):
+    import matplotlib.pyplot as plt
+
+    model = helpers.make_model(kind, "gpt2")
+    prompt = "w1 w2 w3 w4"
+    signed = baselines.input_x_gradient(model, prompt)
+    assert (signed.scores < 0).any() and (signed.scores > 0).any()
+    for r in (signed, baselines.attention(model, prompt), baselines.occlusion(model, prompt)):
+        page = r.save_html(tmp_path / f"{r.scope}.html")
+        assert "w3" in page.read_text()
+        plt.close(r.plot())

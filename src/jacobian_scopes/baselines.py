@@ -292,7 +292,7 @@ def input_x_gradient(
     grads, x, logits, target_id = _gradients(call, call.tokens, target, mode)
     attr = (x * grads)[0]
     params = {"baseline": "input_x_gradient", "mode": mode, "reduce": reduce}
-    return _finish(
+    result = _finish(
         call,
         "input_x_gradient",
         _reduce(attr, reduce),
@@ -301,6 +301,8 @@ def input_x_gradient(
         _target_info(call.adapter, target_id, mode),
         attr if return_vectors else None,
     )
+    result.first_order = attr.sum(-1).cpu()  # as the scopes report it
+    return result
 
 
 # ------------------------------------------------------------- integrated gradients

@@ -120,7 +120,7 @@ def random_method(seed: int = 0, name: str = "random") -> Method:
 
 def _two_ways(result: ScopeResult, name: str) -> dict[str, Output]:
     """The signed per-token sum and the L2 norm of ``result.vectors`` (pos, d)."""
-    assert result.vectors is not None
+    assert isinstance(result.vectors, Tensor)  # input embeddings: one (pos, d) tensor
     return {name: result, f"{name}_norm": result.vectors.norm(dim=-1)}
 
 

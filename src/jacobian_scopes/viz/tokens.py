@@ -231,6 +231,9 @@ def token_view(
     if not isinstance(result, ScopeResult):
         raise TypeError(f"token_view needs a ScopeResult, got {type(result).__name__}")
     values = result.token_scores()
+    # Signed attributions (input × gradient, integrated gradients, occlusion) get the
+    # symmetric scale; the scopes' norms are never negative and keep the 0…max one.
+    signed = bool((values < 0).any())
     what = describe(result)
     if result.scores.dim() > 1:
         what += " · all sources combined"
@@ -241,7 +244,7 @@ def token_view(
         values=_as_list(values),
         title=title if title is not None else what,
         meta=context(result),
-        signed=False,
+        signed=signed,
         label="score",
         bos=result.bos,
         include_bos=include_bos,
