@@ -9,6 +9,12 @@ Example:
     >>> js.semantic_scope(model, "The capital of France is", " Paris")   # doctest: +SKIP
 """
 
+from jacobian_scopes.batch import (
+    fisher_scope_batch,
+    scope_batch,
+    semantic_scope_batch,
+    temperature_scope_batch,
+)
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
@@ -33,9 +39,13 @@ __all__ = [
     "TemperatureUndefinedError",
     "Trace",
     "fisher_scope",
+    "fisher_scope_batch",
     "frozen",
     "load_default_model",
     "scope",
+    "scope_batch",
     "semantic_scope",
+    "semantic_scope_batch",
     "temperature_scope",
+    "temperature_scope_batch",
 ]
