@@ -18,6 +18,7 @@ from jacobian_scopes.batch import (
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.generation import GenerationResult, generate_scope
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Capture",
     "FisherDetails",
+    "GenerationResult",
     "GradientCache",
     "GradientProbe",
     "GradientTap",
@@ -41,6 +43,7 @@ __all__ = [
     "fisher_scope",
     "fisher_scope_batch",
     "frozen",
+    "generate_scope",
     "load_default_model",
     "scope",
     "scope_batch",

@@ -453,6 +453,20 @@ class FisherOptions:
             generator=generator,
         )
 
+    def check(self) -> None:
+        """Raise ScopeInputError for bad options now (the checks live in fisher.plan; a
+        two-token toy distribution runs them at no cost)."""
+        toy = FisherOptions(self.method, self.eps, self.rank, self.n_probes, self.decompose, None)
+        fisher_math.plan(
+            torch.eye(2),
+            torch.tensor([0.5, 0.5]),
+            method=toy.method,
+            eps=toy.eps,
+            rank=toy.params()["rank"],
+            n_probes=toy.n_probes,
+            decompose=toy.decompose,
+        )
+
     def keep_each(self, plan: fisher_math.FisherPlan) -> bool:
         return self.decompose or plan.n_probes > 0
 
