@@ -20,6 +20,7 @@ from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
 from jacobian_scopes.generation import GenerationResult, generate_scope
 from jacobian_scopes.guard import frozen
+from jacobian_scopes.io import ResultFileError, load, save
 from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
@@ -35,6 +36,7 @@ __all__ = [
     "GradientTap",
     "NonFiniteError",
     "Prediction",
+    "ResultFileError",
     "ScopeInputError",
     "ScopeResult",
     "Target",
@@ -44,7 +46,9 @@ __all__ = [
     "fisher_scope_batch",
     "frozen",
     "generate_scope",
+    "load",
     "load_default_model",
+    "save",
     "scope",
     "scope_batch",
     "semantic_scope",
