@@ -3,6 +3,8 @@ on both model classes; what is written into the padded positions changes nothing
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -166,6 +168,14 @@ def test_predicted_targets_explain_each_prompts_own_top_token(tiny):
         assert_same_result(r, js.semantic_scope(model, p, top))
 
 
+def test_a_none_in_the_targets_explains_that_prompts_prediction(kind):
+    model = helpers.make_model(kind, "gpt2")
+    ps = prompts()[:3]
+    rs = js.semantic_scope_batch(model, ps, [11, None, 12])
+    assert [r.target.ids for r in rs[::2]] == [[11], [12]]
+    assert rs[1].target.ids == [rs[1].top_predictions[0].token_id]
+
+
 def test_results_do_not_depend_on_the_batch_size_or_the_order(tiny):
     model, _, _ = tiny
     ps = prompts()
@@ -268,3 +278,16 @@ def test_temperature_batch_refuses_a_folded_final_norm(kind):
     )
     with pytest.raises(js.TemperatureUndefinedError):
         js.temperature_scope_batch(folded, prompts())
+
+
+def test_grouping_caps_rows_and_padding():
+    assert batch.group_by_length([5] * 10, batch_size=4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch.group_by_length([120, 20, 20, 20, 18], batch_size=8) == [(0, 2), (2, 5)]
+    assert batch.group_by_length([9], batch_size=1) == [(0, 1)]
+    groups = batch.group_by_length([64, 60, 40, 33, 30, 8, 7, 2], batch_size=8)
+    lengths = [64, 60, 40, 33, 30, 8, 7, 2]
+    for start, stop in groups:
+        real = sum(lengths[start:stop])
+        assert stop - start == 1 or real >= 0.5 * (stop - start) * lengths[start]
+    assert groups[0][0] == 0 and groups[-1][1] == 8
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))

@@ -10,8 +10,8 @@ row's result is trimmed to its own tokens, so it has the shape, the fields and (
 floating-point rounding of differently shaped matrix products) the numbers of the
 one-by-one result.
 
-Prompts are grouped by length (longest first) to waste little on padding, and the results
-come back in the order of the prompts.
+Prompts are sorted by length (longest first) and grouped so that padding stays under half
+of each batch (:func:`group_by_length`); the results come back in the order of the prompts.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from jacobian_scopes.scopes import (
 from jacobian_scopes.sources import SourcesLike
 
 DEFAULT_BATCH_SIZE = 8
+# A batch holds at least this share of real (not padded) tokens.
+MIN_FILL = 0.5
 
 
 @dataclass
@@ -156,6 +158,31 @@ def _stack_directions(rows: list[_Row]) -> tuple[Tensor, Tensor]:
     return positions, dirs
 
 
+def group_by_length(
+    lengths: Sequence[int], batch_size: int, min_fill: float = MIN_FILL
+) -> list[tuple[int, int]]:
+    """Split lengths sorted longest first into (start, stop) groups of at most
+    ``batch_size``, starting a new group rather than let padding exceed ``1 − min_fill`` of
+    a batch (one long prompt among short ones would otherwise multiply the work).
+
+    Example:
+        >>> group_by_length([120, 20, 20, 20, 18], batch_size=8)
+        [(0, 2), (2, 5)]
+    """
+    groups: list[tuple[int, int]] = []
+    start = 0
+    real = 0
+    for i, n in enumerate(lengths):
+        size = i - start + 1
+        if size > 1 and (size > batch_size or (real + n) < min_fill * size * lengths[start]):
+            groups.append((start, i))
+            start, real = i, 0
+        real += n
+    if lengths:
+        groups.append((start, len(lengths)))
+    return groups
+
+
 def _run(
     calls: list[_Call],
     build: Build,
@@ -177,9 +204,10 @@ def _run(
     results: list[ScopeResult | None] = [None] * len(calls)
     first = calls[0]
     pad = pad_id(first.adapter)
+    groups = group_by_length([calls[i].tokens.shape[1] for i in order], batch_size)
     with tqdm(total=len(calls), desc=desc, unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            group = [calls[i] for i in order[start : start + batch_size]]
+        for start, stop in groups:
+            group = [calls[i] for i in order[start:stop]]
             tokens, lengths = pad_batch([c.tokens for c in group], pad)
             trace = Trace(
                 first.adapter,
@@ -244,7 +272,7 @@ def _calls(
 def semantic_scope_batch(
     model: Any,
     prompts: Sequence[Prompt],
-    targets: TargetLike | Sequence[TargetLike] | None = None,
+    targets: TargetLike | Sequence[TargetLike | None] | None = None,
     *,
     mode: str | None = None,
     foil: TargetLike | None = None,
@@ -262,11 +290,11 @@ def semantic_scope_batch(
     """:func:`~jacobian_scopes.semantic_scope` for many prompts, ``batch_size`` per pass.
 
     ``targets``, ``foil`` and ``position`` take one value per prompt (a list or tuple) or
-    one value for all (a string, an int, a tensor). ``targets=None`` explains each prompt's
-    own top prediction at its position. A multi-token target shared by all prompts must
-    therefore be a string or a tensor, not a list of ids. ``fwd_hooks`` see the padded
-    batch. Returns one :class:`ScopeResult` per prompt, in order, equal to what the
-    single-prompt scope returns.
+    one value for all (a string, an int, a tensor). ``targets=None`` (or ``None`` in the
+    list) explains the prompt's own top prediction at its position. A multi-token target
+    shared by all prompts must therefore be a string or a tensor, not a list of ids.
+    ``fwd_hooks`` see the padded batch. Returns one :class:`ScopeResult` per prompt, in
+    order, equal to what the single-prompt scope returns.
 
     Example:
         >>> prompts = ["The capital of France is", "The capital of Italy is"]
@@ -292,11 +320,14 @@ def semantic_scope_batch(
     foils = per_prompt(foil, n, "foil")
     # Keyed by id(call): the rows of a batch come back in length order.
     checked: dict[int, SemanticTarget] = {}
-    if targets is not None:
-        for call, target, f in zip(calls, per_prompt(targets, n, "targets"), foils, strict=True):
-            checked[id(call)] = semantic_target(
-                adapter, target, mode=mode, foil=f, multi_token=multi_token
-            )
+    for call, target, f in zip(calls, per_prompt(targets, n, "targets"), foils, strict=True):
+        if target is None:
+            if multi_token:
+                raise ScopeInputError("multi_token=True needs a target for every prompt")
+            continue  # explained below: the prompt's own top prediction
+        checked[id(call)] = semantic_target(
+            adapter, target, mode=mode, foil=f, multi_token=multi_token
+        )
     positions = {
         id(c): extend_for_target(c, checked[id(c)]) if id(c) in checked else [c.position]
         for c in calls
