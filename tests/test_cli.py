@@ -217,3 +217,22 @@ def test_attribute_on_the_default_model(smollm, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "r.csv")
     assert table.token.tolist()[-1] == " is" and "' France'" in out
+
+
+def test_word_rank_finds_a_word_split_into_tokens():
+    r = js.ScopeResult(
+        scope="fisher",
+        scores=torch.tensor([9.0, 1.0, 3.0, 2.0, 5.0]),
+        tokens=torch.arange(5),
+        str_tokens=["<bos>", "French:", " lent", "ille", " English"],
+        position=4,
+        positions=[4],
+        top_predictions=[],
+        params={},
+        processing={},
+        model_name="m",
+        bos=True,
+    )
+    assert demo.word_rank(r, "lentille") == (2, " lent")  # ' English' 5 > ' lent' 3
+    assert demo.word_rank(r, "English") == (1, " English")
+    assert demo.word_rank(r, "Zuschreibung") is None
