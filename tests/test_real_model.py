@@ -68,3 +68,44 @@ def test_translation_source_word_lights_up_in_the_fisher_scope(smollm):
     )
     top = [tok for _, tok, _ in r.top(4)]
     assert {" lent", "ille", " jac", "ob", "ienne"} & set(top), top
+
+
+@pytest.fixture(scope="module")
+def smollm_hooked():
+    import helpers
+
+    if not helpers.has_hooked():
+        pytest.skip("this TransformerLens has no HookedTransformer")
+    return js.load_default_model(model_class="hooked")
+
+
+def test_both_model_classes_give_the_same_scores_on_the_real_model(smollm, smollm_hooked):
+    if type(smollm).__name__ == type(smollm_hooked).__name__:
+        pytest.skip("only one model class in this TransformerLens")
+    for call in (
+        lambda m: js.semantic_scope(m, BIAS, " liberal"),
+        lambda m: js.temperature_scope(m, BIAS),
+        lambda m: js.fisher_scope(m, BIAS, method="principal"),
+    ):
+        a, b = call(smollm), call(smollm_hooked)
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4 * float(a.scores.max()))
+
+
+def test_processing_leaves_logprob_and_fisher_unchanged_on_the_real_model(smollm_hooked):
+    import copy
+
+    prompt = "The capital of France is"
+    processed = copy.deepcopy(smollm_hooked)
+    processed.process_weights_(fold_ln=True, center_writing_weights=False, center_unembed=True)
+    assert processed.cfg.normalization_type == "RMSPre"
+    for call in (
+        lambda m: js.semantic_scope(m, prompt, " Paris", mode="logprob"),
+        lambda m: js.fisher_scope(m, prompt, method="exact", eps=0.05),
+    ):
+        a, b = call(smollm_hooked), call(processed)
+        torch.testing.assert_close(a.scores, b.scores, rtol=2e-3, atol=1e-3 * float(a.scores.max()))
+    raw = js.semantic_scope(smollm_hooked, prompt, " Paris")
+    assert js.semantic_scope(processed, prompt, " Paris").processing["center_unembed"]
+    assert not raw.processing["center_unembed"]
+    with pytest.raises(js.TemperatureUndefinedError):
+        js.temperature_scope(processed, prompt)

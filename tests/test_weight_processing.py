@@ -65,3 +65,19 @@ def test_temperature_still_works_when_only_the_unembedding_is_centred(kind, arch
     t = helpers.tokens(6)
     # centring W_U does not touch y, so ‖y‖ and its gradient are unchanged
     close(js.temperature_scope(raw, t), js.temperature_scope(done, t))
+
+
+@pytest.mark.parametrize("arch", helpers.ARCHS)
+def test_principal_fisher_depends_on_the_basis_of_y_unlike_the_exact_trace(kind, arch):
+    """Folding rescales y by the final gain: F becomes GFG, whose top eigenvector is not the
+    image of F's. The trace is basis-free; one eigen-direction of it is not (documented)."""
+    raw = helpers.make_model(kind, arch)
+    done = helpers.processed_copy(kind, arch, **FLAGS["fold_ln"])
+    t = helpers.tokens(7, seed=3)
+    a = js.fisher_scope(raw, t, method="principal", eps=0.0)
+    b = js.fisher_scope(done, t, method="principal", eps=0.0)
+    assert ((a.scores - b.scores).norm() / a.scores.norm()) > 0.05
+    close(
+        js.fisher_scope(raw, t, method="exact", eps=0.0),
+        js.fisher_scope(done, t, method="exact", eps=0.0),
+    )

@@ -24,6 +24,16 @@ from jacobian_scopes.io import ResultFileError, load, save
 from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
+from jacobian_scopes.viz import (
+    beside_attention,
+    compare,
+    layer_head_map,
+    layer_token_map,
+    plot_series,
+    print_result,
+    save_html,
+    show,
+)
 
 __version__ = "0.1.0"
 
@@ -42,17 +52,25 @@ __all__ = [
     "Target",
     "TemperatureUndefinedError",
     "Trace",
+    "beside_attention",
+    "compare",
     "fisher_scope",
     "fisher_scope_batch",
     "frozen",
     "generate_scope",
+    "layer_head_map",
+    "layer_token_map",
     "load",
     "load_default_model",
+    "plot_series",
+    "print_result",
     "save",
+    "save_html",
     "scope",
     "scope_batch",
     "semantic_scope",
     "semantic_scope_batch",
+    "show",
     "temperature_scope",
     "temperature_scope_batch",
 ]

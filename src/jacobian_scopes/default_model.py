@@ -54,8 +54,13 @@ def cache_dir() -> Path:
 
 
 def _checkpoint_dir(source: Path) -> Path:
-    stat = source.stat()
-    return cache_dir() / f"smollm2-135m-instruct-f32-{_CACHE_VERSION}-{stat.st_size}"
+    import transformers
+
+    # Keyed by the transformers major version: a config written by transformers 5
+    # (rope_parameters) read by transformers 4 would silently fall back to another rope base.
+    major = transformers.__version__.split(".")[0]
+    size = source.stat().st_size
+    return cache_dir() / f"smollm2-135m-instruct-f32-{_CACHE_VERSION}-tf{major}-{size}"
 
 
 def _complete(path: Path) -> bool:
@@ -115,30 +120,97 @@ def default_checkpoint() -> Path:
 
 
 def load_default_model(
-    device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    model_class: str = "auto",
 ) -> Any:
-    """SmolLM2-135M-Instruct as a TransformerBridge, fully offline.
+    """SmolLM2-135M-Instruct, fully offline, as a TransformerBridge or a HookedTransformer.
 
     Raw Hugging Face numerics (no weight processing), so all three scopes are defined.
     The first call dequantises the packaged GGUF file and caches a float32 checkpoint in
-    :func:`cache_dir`; later calls take well under a second plus the Bridge set-up.
+    :func:`cache_dir`; later calls read the cache. ``model_class``: ``"bridge"``,
+    ``"hooked"`` (a HookedTransformer with the same weights, built with TransformerLens'
+    own Llama weight conversion; its context is capped at 2048 tokens to keep its
+    per-layer causal masks small), or ``"auto"`` (the Bridge where TransformerLens has
+    it, i.e. 3.x and 4.x; HookedTransformer on 2.x).
 
     Example:
         >>> from jacobian_scopes import load_default_model
-        >>> model = load_default_model()                      # doctest: +SKIP
+        >>> model = load_default_model()                                  # doctest: +SKIP
         >>> logits = model(model.to_tokens("The capital of France is"))   # doctest: +SKIP
         >>> model.to_str_tokens(logits[0, -1].argmax())                  # doctest: +SKIP
         [' Paris']
     """
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise ScopeInputError(f"unsupported dtype {dtype}")
+    if model_class not in ("auto", "bridge", "hooked"):
+        raise ScopeInputError(
+            f"model_class must be 'auto', 'bridge' or 'hooked', got {model_class!r}"
+        )
+    if model_class == "auto":
+        model_class = (
+            "bridge" if importlib.util.find_spec("transformer_lens.model_bridge") else "hooked"
+        )
     path = default_checkpoint()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     hf.eval()
+    if model_class == "hooked":
+        return hooked_from_hf_llama(hf, tok, device=device, dtype=dtype)
     return bridge_from_hf(HF_NAME, hf, tok, device=device, dtype=dtype)
+
+
+def hooked_from_hf_llama(
+    hf_model: Any,
+    tokenizer: Any,
+    device: Any = None,
+    dtype: torch.dtype = torch.float32,
+    n_ctx: int = 2048,
+) -> Any:
+    """A HookedTransformer with the weights of an already-loaded Hugging Face Llama model.
+
+    ``HookedTransformer.from_pretrained`` only knows an official list of names and refuses
+    GGUF-flagged configs, so the config is built from ``hf_model.config`` and the weights
+    converted with TransformerLens' own ``convert_llama_weights``. No weight processing.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    c = hf_model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = getattr(c, "rope_parameters", None) or {}
+    rope_base = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=head_dim,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=min(n_ctx, c.max_position_embeddings),
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        n_key_value_heads=c.num_key_value_heads,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=head_dim,
+        rotary_base=float(rope_base),
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=True,
+        dtype=dtype,
+        device=str(device) if device is not None else "cpu",
+    )
+    state_dict = convert_llama_weights(hf_model, cfg)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_state_dict(state_dict, strict=False)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
 
 
 def bridge_from_hf(

@@ -163,6 +163,55 @@ class ScopeResult:
                     rows.append({**base, "source": label, "score": float(scores[j, t])})
         return pd.DataFrame(rows)
 
+    # ------------------------------------------------------------------ seeing it
+    # The views live in jacobian_scopes.viz (imported on use: matplotlib and rich are
+    # only loaded when a result is shown).
+    def show(self, **kwargs: Any) -> None:
+        """Display: CircuitsVis coloured tokens in a notebook, rich text in a terminal.
+
+        Example:
+            >>> js.semantic_scope(model, prompt, " liberal").show()     # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.report import result_view, show
+
+        show(result_view(self, **kwargs))
+
+    def _repr_html_(self) -> str:
+        from jacobian_scopes.viz.report import notebook_html, result_view
+
+        return notebook_html(result_view(self))
+
+    def save_html(self, path: Any, *, title: str | None = None) -> Any:
+        """Write this result as a self-contained offline HTML page; returns the path.
+
+        Example:
+            >>> r.save_html("reports/liberal.html")                      # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.report import save_html
+
+        return save_html(path, self, title=title)
+
+    def plot(self, kind: str = "auto", **kwargs: Any) -> Any:
+        """A matplotlib Figure: ``"tokens"`` (bars, or layer maps for drill-down results)
+        or ``"series"`` (a numeric prompt's values with their influence); ``"auto"`` picks
+        tokens. Save it with ``fig.savefig("x.png" | "x.svg" | "x.pdf")``.
+
+        Example:
+            >>> r.plot().savefig("liberal.svg")                          # doctest: +SKIP
+        """
+        from jacobian_scopes.viz import plots
+
+        if kind in ("auto", "tokens"):
+            return plots.plot_result(self, **kwargs)
+        if kind == "series":
+            return plots.plot_series(self, **kwargs)
+        raise ValueError(f"kind must be 'auto', 'tokens' or 'series', got {kind!r}")
+
+    def __rich__(self) -> Any:
+        from jacobian_scopes.viz.terminal import result_renderable
+
+        return result_renderable(self)
+
     def __repr__(self) -> str:
         what = self.scope
         if self.target is not None:

@@ -303,7 +303,7 @@ def semantic_scope(
         >>> model = load_default_model()                                    # doctest: +SKIP
         >>> prompt = "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a"
         >>> semantic_scope(model, prompt, " liberal").top(1)                # doctest: +SKIP
-        [(17, ' Columbia', 11.98...)]
+        [(15, ' Columbia', 11.98...)]
     """
     call = _setup(
         model,
