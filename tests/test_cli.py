@@ -117,7 +117,9 @@ def test_demo_writes_a_report_that_loads_back(kind, tmp_path, capsys, monkeypatc
         assert all(isinstance(r, js.ScopeResult) for r in case["results"].values())
     assert report["generation"]["result"].n_generated == 3
     assert "instruction (truthful)" in out and "across generation" in out
-    assert (tmp_path / "demo.html").exists() == demo.html_available()
+    page = (tmp_path / "demo.html").read_text()
+    assert page.count("<section") >= len(demo.CASES) + 1
+    assert "attribution across generation" in page and "instruction (truthful)" in page
 
 
 def test_python_dash_m_runs_the_cli():
@@ -167,11 +169,19 @@ def test_bad_jsonl_names_the_line(tmp_path, lines, match):
         cli.read_prompts(path)
 
 
-def test_html_output_is_refused_clearly_when_this_build_has_no_views(tiny_loaded, capsys):
-    if demo.html_available():
-        pytest.skip("this build has the HTML views")
-    code, _, err = run(["attribute", "--prompt", "w1", "--out", "r.html"], capsys)
-    assert code == 2 and "no HTML views" in err
+def test_html_output_of_attribute_and_generate(tiny_loaded, tmp_path, capsys):
+    code, _, err = run(
+        ["attribute", "--prompt", "w1 w2", "--prompt", "w3", "--out", tmp_path / "a.html"], capsys
+    )
+    assert code == 0, err
+    page = (tmp_path / "a.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("ColoredTokens") >= 2
+    code, _, err = run(
+        ["generate", "--prompt", "w1 w2", "--n-tokens", "3", "--out", tmp_path / "g.html"], capsys
+    )
+    assert code == 0, err
+    page = (tmp_path / "g.html").read_text()
+    assert "across generation" in page and "<table" in page
 
 
 def test_a_model_directory_without_config_and_a_missing_path(tmp_path, capsys):
@@ -190,8 +200,28 @@ def test_a_model_name_offline_says_what_to_do(capsys, monkeypatch):
 
 
 @pytest.mark.skipif(helpers.has_bridge(), reason="TransformerLens 2.x only")
-def test_local_directory_on_transformer_lens_2_gives_a_clear_error(hf_dir, capsys):
-    code, _, err = run(["attribute", "--model", hf_dir, "--prompt", "w1"], capsys)
+def test_local_directories_on_transformer_lens_2(hf_dir, tmp_path, capsys):
+    """A Llama directory becomes a HookedTransformer; other architectures are refused."""
+    code, _, err = run(
+        [
+            "attribute",
+            "--model",
+            hf_dir,
+            "--prompt",
+            "w1 w2",
+            "--target",
+            "w3",
+            "--out",
+            tmp_path / "r.json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert js.load(tmp_path / "r.json")[0].processing["model_class"] == "HookedTransformer"
+    gpt2 = tmp_path / "gpt2"
+    helpers.make_hf("gpt2").save_pretrained(gpt2)
+    helpers.make_tokenizer().save_pretrained(gpt2)
+    code, _, err = run(["attribute", "--model", gpt2, "--prompt", "w1"], capsys)
     assert code == 2 and "TransformerLens >= 3.0" in err
 
 

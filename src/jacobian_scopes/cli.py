@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the paper's case studies (instruction, bias, translation, a "
         "Lorenz-63 time series) with the Semantic, Temperature and Fisher scopes, and "
         "attributes the model's own continuation of the series token by token. Prints a "
-        "summary and writes the report (OUT with .json, and .html when available).",
+        "summary and writes the report: OUT as .html (one offline page) and .json.",
     )
     d.add_argument(
         "--out",
@@ -231,16 +231,10 @@ def read_prompts(path: Path) -> list[tuple[str, str | int | None]]:
 
 
 def _check_outputs(paths: list[Path]) -> None:
-    from jacobian_scopes.demo import html_available
-
     for path in paths:
         if path.suffix.lower() not in FORMATS:
             raise ScopeInputError(
                 f"--out {path}: unknown format {path.suffix!r}; use one of {', '.join(FORMATS)}"
-            )
-        if path.suffix.lower() == ".html" and not html_available():
-            raise ScopeInputError(
-                f"--out {path}: this build has no HTML views yet; use .json or .csv"
             )
 
 
@@ -268,11 +262,12 @@ def _write(results: Any, paths: list[Path], console: Console, title: str) -> Non
         elif suffix == ".csv":
             io.to_csv(results, path)
         else:
-            import jacobian_scopes
+            from jacobian_scopes.generation import GenerationResult
+            from jacobian_scopes.viz.report import save_html
 
             items = results if isinstance(results, list) else [results]
-            save_html: Any = getattr(jacobian_scopes, "save_html")  # noqa: B009 (optional)
-            save_html(path, *items, title=title)
+            views = [r.view() if isinstance(r, GenerationResult) else r for r in items]
+            save_html(path, *views, title=title)
         console.print(f"wrote {path}")
 
 
@@ -306,8 +301,6 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
     for path in demo.write_report(report, args.out):
         console.print(f"report written to {path}")
-    if not demo.html_available():
-        console.print("(this build has no HTML views yet: the report is JSON)", style="dim")
     console.print(f"total {report['seconds']['total']:.1f} s", style="dim")
     return 0
 

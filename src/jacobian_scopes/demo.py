@@ -9,6 +9,7 @@ reads back.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -154,35 +155,46 @@ def build_report(
     }
 
 
-def html_available() -> bool:
-    """Whether this build has the HTML report (``jacobian_scopes.save_html``)."""
-    import jacobian_scopes
-
-    return callable(getattr(jacobian_scopes, "save_html", None))
-
-
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``out`` with the suffix ``.json`` (always; :func:`jacobian_scopes.load` reads it)
-    and ``.html`` when this build has the HTML views. Returns the paths written."""
+    """Write the report as ``out`` with the suffix ``.html`` (one offline page) and
+    ``.json`` (every result, exactly; :func:`jacobian_scopes.load` reads it back).
+    Returns the paths written."""
     from jacobian_scopes.io import save
 
-    written = [save(report, out.with_suffix(".json"))]
-    if html_available():
-        written.append(write_html(report, out.with_suffix(".html")))
-    return written
+    return [write_html(report, out.with_suffix(".html")), save(report, out.with_suffix(".json"))]
 
 
 def write_html(report: dict[str, Any], path: Path) -> Path:
-    """The report as one offline HTML page (needs the HTML views of ``jacobian_scopes``)."""
-    import jacobian_scopes
+    """The report as one offline HTML page: a section per case (its three scopes, and the
+    series figure for the time series), then the generation heat map."""
+    from jacobian_scopes.viz.plots import plot_series
+    from jacobian_scopes.viz.report import save_html
 
-    views: list[Any] = []
+    sections: list[Any] = [
+        f"Model: {report['model']}. Each case is explained by all three scopes; the paper's "
+        "choice is marked. BOS is left out of every colour scale. The full results are in "
+        "the JSON file next to this page (jacobian_scopes.load reads it).",
+    ]
     for case in report["cases"]:
-        views.extend(case["results"][s] for s in SCOPE_ORDER)
-    if report.get("generation") is not None:
-        views.append(report["generation"]["result"])
-    save_html: Any = getattr(jacobian_scopes, "save_html")  # noqa: B009 (not in every build)
-    save_html(path, *views, title="Jacobian Scopes: the paper's case studies")
+        views: list[Any] = [case["prompt"]]
+        for scope in SCOPE_ORDER:
+            result = case["results"][scope]
+            label = f"{scope} scope" + (" (the paper's)" if scope == case["paper_scope"] else "")
+            views.append((f"{label}: {explains(result)}", result))
+        if case["paper_scope"] == "temperature":
+            # A prompt without numbers (a test model's <unk> tokens) has no series to plot.
+            with contextlib.suppress(ValueError):
+                views.append(plot_series(case["results"]["temperature"]))
+        sections.append((case["name"], views))
+    generation = report.get("generation")
+    if generation is not None:
+        result = generation["result"]
+        text = (
+            f"The model continues the Lorenz series: {generation['continuation']!r} "
+            f"(the series itself goes on {generation['true_continuation']!r})."
+        )
+        sections.append(("Lorenz-63: attribution across generation", [text, result.view()]))
+    save_html(path, *sections, title="Jacobian Scopes: the paper's case studies")
     return path
 
 

@@ -182,6 +182,40 @@ class GenerationResult:
         fig.tight_layout()
         return fig
 
+    def view(self, include_bos: bool = False) -> Any:
+        """The matrix as an HTML heat map (a :class:`jacobian_scopes.viz.MapView`): one row
+        per generated token, one column per context token; each cell's value and rank on
+        hover. Cells after a token's position (not yet generated) show 0. Pass it to
+        :func:`jacobian_scopes.save_html` with other views.
+
+        Example:
+            >>> js.save_html("gen.html", g.view(), title="Lorenz")   # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.maps import MapView
+
+        values = torch.nan_to_num(self.scores.float(), nan=0.0).tolist()
+        return MapView(
+            values=values,
+            rows=[f"{i}: {tok}" for i, tok in enumerate(self.generated_tokens)],
+            cols=self.context_tokens,
+            title=f"{self.scope} scope across generation",
+            meta=(
+                f"{self.n_prompt} prompt tokens, {self.n_generated} generated "
+                f"({'sampled' if self.params.get('do_sample') else 'greedy'}); row i: which "
+                "context tokens drove generated token i"
+            ),
+            col_kind="token",
+            bos=self.bos,
+            include_bos=include_bos,
+            positions=[],
+        )
+
+    def save_html(self, path: Any, *, title: str | None = None) -> Any:
+        """Write :meth:`view` as a self-contained offline HTML page; returns the path."""
+        from jacobian_scopes.viz.report import save_html
+
+        return save_html(path, self.view(), title=title)
+
     def __repr__(self) -> str:
         text = "".join(self.generated_tokens)
         return (

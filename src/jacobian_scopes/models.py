@@ -29,7 +29,8 @@ def load_model(spec: str = DEFAULT, device: str | None = None) -> Any:
     * ``"default"``: SmolLM2-135M-Instruct, offline (:func:`load_default_model`).
     * an existing directory: a Hugging Face checkpoint (``config.json``, weights, tokenizer)
       loaded with ``AutoModelForCausalLM``/``AutoTokenizer`` from disk only and wrapped in a
-      ``TransformerBridge`` (TransformerLens ≥ 3).
+      ``TransformerBridge`` (TransformerLens ≥ 3; on 2.x, Llama models become a
+      HookedTransformer).
     * anything else: a TransformerLens model name, ``TransformerBridge.boot_transformers``
       (TransformerLens ≥ 3) or ``HookedTransformer.from_pretrained_no_processing`` (2.x),
       downloaded from the Hugging Face Hub; offline this fails with a clear message.
@@ -57,15 +58,17 @@ def load_local(path: Path, device: str | None = None) -> Any:
     """A Hugging Face checkpoint directory as a TransformerBridge, without the Hub."""
     if not (path / "config.json").exists():
         raise ScopeInputError(f"{path} has no config.json: not a Hugging Face model directory")
-    if not has_bridge():
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from jacobian_scopes.default_model import bridge_from_hf, hooked_from_hf_llama
+
+    llama = getattr(AutoConfig.from_pretrained(path, local_files_only=True), "model_type", "")
+    if not has_bridge() and llama != "llama":
         raise ScopeInputError(
             "loading a local Hugging Face directory needs TransformerLens >= 3.0 (the "
-            "TransformerBridge); this is TransformerLens 2.x. Load the model in Python with "
-            "HookedTransformer and call the scopes directly."
+            "TransformerBridge) except for Llama models; this is TransformerLens 2.x. Load "
+            "the model in Python with HookedTransformer and call the scopes directly."
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from jacobian_scopes.default_model import bridge_from_hf
 
     try:
         with warnings.catch_warnings():
@@ -77,6 +80,8 @@ def load_local(path: Path, device: str | None = None) -> Any:
     except (OSError, ValueError) as exc:
         raise ScopeInputError(f"cannot load the model in {path}: {exc}") from exc
     hf.eval()
+    if not has_bridge():  # TransformerLens 2.x: a Llama, converted as the default model is
+        return hooked_from_hf_llama(hf, tok, device=device)
     # The directory's path doubles as the model name: TransformerLens reads the config from
     # it, so nothing is looked up on the Hub.
     return bridge_from_hf(str(path), hf, tok, device=device)
