@@ -50,14 +50,14 @@ def available_bytes() -> int:
 
 def estimate(adapter: ModelAdapter, n: int, checkpoint: bool) -> int:
     """A deliberately high guess of the peak: all patterns (plain), or one block's
-    attention intermediates (scores, mask, softmax, their gradients: ~6 copies) plus the
+    attention intermediates (scores, softmax, their gradients: ~5 copies; 3.7 measured) plus the
     saved block inputs (checkpointed); the logits over the vocabulary in both cases."""
     per_layer = attention_bytes(adapter, (1, n)) // adapter.n_layers // 2  # one copy
     logits = 2 * n * adapter.d_vocab * 4  # the logits at every position, and a softmax
     if not checkpoint:
         return int(1.5 * attention_bytes(adapter, (1, n))) + logits + (1 << 30)
     saved = 4 * adapter.n_layers * n * adapter.d_model * 4  # the blocks' inputs, and more
-    return 6 * per_layer + saved + logits + (1 << 30)
+    return 5 * per_layer + saved + logits + (1 << 30)
 
 
 def prompt_tokens(model, n: int) -> torch.Tensor:
