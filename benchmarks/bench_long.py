@@ -8,8 +8,9 @@ backward pass (SmolLM2 at 8k tokens: ~140 GB over its 30 layers). With block
 checkpointing (``checkpoint=True``, automatic above ~1 GiB of patterns) only one block's
 attention is alive at a time, so the peak no longer grows with the depth; ``--layers N``
 keeps the first N blocks of SmolLM2 (same width and heads) to measure that per-block peak
-at lengths whose full-depth run would take too long on two cores. Each length is skipped
-when a conservative estimate of its peak exceeds the memory available now.
+at lengths whose full-depth run would take too long on two cores. Each length runs in a
+fresh process, and is skipped when a conservative estimate of its peak exceeds the memory
+available now.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,58 +88,75 @@ def main() -> None:
         help="first check that checkpointing gives the plain scores at N tokens",
     )
     ap.add_argument("--out", type=Path, default=Path("reports/bench_long"))
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    model = smollm(args.layers)
-    adapter = ModelAdapter(model)
-    target = model.to_single_token(" the")
+    if args.child is not None:
+        print(json.dumps(measure(args.layers, args.child, args.checkpoint)))
+        return
     out: dict = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__} (shared machine)",
-        "layers": adapter.n_layers,
+        "layers": args.layers or "all",
         "rows": [],
     }
     if args.check_equal:
+        model = smollm(args.layers)
+        target = model.to_single_token(" the")
         toks = prompt_tokens(model, args.check_equal)
         plain = js.semantic_scope(model, toks, target, checkpoint=False).scores
         ckpt = js.semantic_scope(model, toks, target, checkpoint=True).scores
         gap = float((plain - ckpt).abs().max() / plain.abs().max())
         out["check_equal"] = {"tokens": args.check_equal, "max_rel_gap": gap}
         print(f"checkpointed vs plain at {args.check_equal} tokens: max rel. gap {gap:.2e}")
+        del model
     for n in args.lengths:
-        flag = {"auto": None, "on": True, "off": False}[args.checkpoint]
-        used = attention_bytes(adapter, (1, n)) > js.engine.CHECKPOINT_ABOVE_BYTES
-        used = used if flag is None else flag
-        guess = estimate(adapter, n, used)
-        if guess > available_bytes() - (2 << 30):
-            print(f"{n} tokens: skipped (estimated peak {fmt_bytes(guess)} > available)")
-            out["rows"].append({"tokens": n, "skipped": True, "estimate": guess})
-            continue
-        toks = prompt_tokens(model, n)
-        start = time.perf_counter()
-        peak, r = peak_rss_delta(
-            lambda t=toks, f=flag: js.semantic_scope(model, t, target, checkpoint=f)
-        )
-        seconds = time.perf_counter() - start
-        row = {
-            "tokens": n,
-            "checkpoint": used,
-            "seconds": seconds,
-            "peak": peak,
-            "estimate": guess,
-            "attention_patterns": attention_bytes(adapter, (1, n)),
-            "finite": bool(torch.isfinite(r.scores).all()),
-        }
+        # One process per length: memory freed by an earlier run but kept by the allocator
+        # would hide part of the next run's growth.
+        cmd = [sys.executable, __file__, "--child", str(n), "--checkpoint", args.checkpoint]
+        if args.layers:
+            cmd += ["--layers", str(args.layers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
         out["rows"].append(row)
+        if row.get("skipped"):
+            print(f"{n} tokens: skipped (estimated peak {fmt_bytes(row['estimate'])} > available)")
+            continue
         print(
-            f"{n} tokens: {seconds:.1f} s, peak +{fmt_bytes(peak)} "
-            f"(checkpoint {used}; all patterns would be {fmt_bytes(row['attention_patterns'])})",
+            f"{n} tokens: {row['seconds']:.1f} s, peak +{fmt_bytes(row['peak'])} "
+            f"(checkpoint {row['checkpoint']}; all patterns would be "
+            f"{fmt_bytes(row['attention_patterns'])})",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f"_{adapter.n_layers}layers" if args.layers else ""
+    suffix = f"_{args.layers}layers" if args.layers else ""
     args.out.with_name(args.out.name + suffix).with_suffix(".json").write_text(
         json.dumps(out, indent=2)
     )
+
+
+def measure(layers: int | None, n: int, checkpoint: str) -> dict:
+    """One length, in a fresh process: time and peak resident-memory growth of the call."""
+    model = smollm(layers)
+    adapter = ModelAdapter(model)
+    target = model.to_single_token(" the")
+    flag = {"auto": None, "on": True, "off": False}[checkpoint]
+    used = attention_bytes(adapter, (1, n)) > js.engine.CHECKPOINT_ABOVE_BYTES
+    used = used if flag is None else flag
+    guess = estimate(adapter, n, used)
+    if guess > available_bytes() - (2 << 30):
+        return {"tokens": n, "skipped": True, "estimate": guess}
+    toks = prompt_tokens(model, n)
+    start = time.perf_counter()
+    peak, r = peak_rss_delta(lambda: js.semantic_scope(model, toks, target, checkpoint=flag))
+    return {
+        "tokens": n,
+        "checkpoint": used,
+        "seconds": time.perf_counter() - start,
+        "peak": peak,
+        "estimate": guess,
+        "attention_patterns": attention_bytes(adapter, (1, n)),
+        "finite": bool(torch.isfinite(r.scores).all()),
+    }
 
 
 if __name__ == "__main__":

@@ -176,11 +176,9 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
         "the JSON file next to this page (jacobian_scopes.load reads it).",
     ]
     for case in report["cases"]:
-        views: list[Any] = [case["prompt"]]
-        for scope in SCOPE_ORDER:
-            result = case["results"][scope]
-            label = f"{scope} scope" + (" (the paper's)" if scope == case["paper_scope"] else "")
-            views.append((f"{label}: {explains(result)}", result))
+        # Each result's view names its scope and what it explains.
+        views: list[Any] = [f"{case['prompt']!r} (the paper shows the {case['paper_scope']} scope)"]
+        views.extend(case["results"][scope] for scope in SCOPE_ORDER)
         if case["paper_scope"] == "temperature":
             # A prompt without numbers (a test model's <unk> tokens) has no series to plot.
             with contextlib.suppress(ValueError):
