@@ -12,10 +12,18 @@ Example:
 import importlib
 from typing import Any
 
+from jacobian_scopes.batch import (
+    fisher_scope_batch,
+    scope_batch,
+    semantic_scope_batch,
+    temperature_scope_batch,
+)
 from jacobian_scopes.default_model import load_default_model
 from jacobian_scopes.engine import Capture, GradientTap, Trace
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError, TemperatureUndefinedError
+from jacobian_scopes.generation import GenerationResult, generate_scope
 from jacobian_scopes.guard import frozen
+from jacobian_scopes.io import ResultFileError, load, save
 from jacobian_scopes.probe import GradientCache, GradientProbe
 from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
 from jacobian_scopes.scopes import fisher_scope, scope, semantic_scope, temperature_scope
@@ -46,11 +54,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Capture",
     "FisherDetails",
+    "GenerationResult",
     "GradientCache",
     "GradientProbe",
     "GradientTap",
     "NonFiniteError",
     "Prediction",
+    "ResultFileError",
     "ScopeInputError",
     "ScopeResult",
     "Target",
@@ -61,17 +71,24 @@ __all__ = [
     "compare",
     "evaluate",
     "fisher_scope",
+    "fisher_scope_batch",
     "frozen",
+    "generate_scope",
     "layer_head_map",
     "layer_token_map",
+    "load",
     "load_default_model",
     "methods",
     "plot_series",
     "print_result",
+    "save",
     "save_html",
     "scope",
+    "scope_batch",
     "semantic_scope",
+    "semantic_scope_batch",
     "show",
     "stats",
     "temperature_scope",
+    "temperature_scope_batch",
 ]

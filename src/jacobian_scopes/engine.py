@@ -52,8 +52,14 @@ class GradientTap:
         self.name = name
         self.leaf: Tensor | None = None
         self.value: Tensor | None = None  # the activation itself (detached), e.g. for x ⊙ ∇
+        # Under activation checkpointing a block's forward runs again during the backward
+        # pass; the tap must then reuse its leaf, or the leaf handed to autograd.grad would
+        # no longer be the one of the graph (see Trace's ``checkpoint``).
+        self.reuse = False
 
     def __call__(self, tensor: Tensor, hook: Any) -> Tensor:
+        if self.reuse and self.leaf is not None and self.leaf.shape == tensor.shape:
+            return tensor + self.leaf
         leaf = torch.zeros_like(tensor, requires_grad=True)
         self.leaf = leaf
         self.value = tensor.detach()
@@ -106,6 +112,15 @@ class Trace:
     to exit, hooks are attached only for the forward pass, and everything is restored on
     exit, including after an exception raised inside a user hook.
 
+    ``checkpoint`` recomputes each transformer block during the backward pass instead of
+    keeping its activations (``torch.utils.checkpoint``, non-reentrant): the eager
+    attention of both model classes keeps ``heads × pos²`` values per layer, which for
+    SmolLM2 at 8k tokens would be ~140 GB, against one layer's worth with checkpointing.
+    Scores are the same (the recomputation is deterministic in eval mode); the cost is one
+    extra forward pass, and hooks inside blocks (the caller's too) fire twice, so the hooks
+    stay attached until the trace closes. ``None`` (default) turns it on when
+    :func:`attention_bytes` exceeds :data:`CHECKPOINT_ABOVE_BYTES`.
+
     Example:
         >>> adapter = ModelAdapter(model)                                  # doctest: +SKIP
         >>> with Trace(adapter, tokens, sources=["hook_embed"]) as tr:    # doctest: +SKIP
@@ -121,10 +136,16 @@ class Trace:
         at: str | None = None,
         fwd_hooks: HookList = (),
         freeze: Sequence[str] = (),
+        checkpoint: bool | None = None,
     ):
         self.adapter = adapter
         self.tokens = tokens
+        if checkpoint is None:
+            checkpoint = attention_bytes(adapter, tokens.shape) > CHECKPOINT_ABOVE_BYTES
+        self.checkpoint = bool(checkpoint)
         self.taps = {name: GradientTap(name) for name in dict.fromkeys(sources)}
+        for tap in self.taps.values():
+            tap.reuse = self.checkpoint
         self._capture_hook: str | None
         self._capture_module: torch.nn.Module | None
         if at is None:
@@ -159,17 +180,26 @@ class Trace:
         try:
             stack.enter_context(frozen(self.adapter.model))
             stack.enter_context(torch.enable_grad())
+            kwargs: dict[str, Any] = {}
+            if self.checkpoint:
+                # The recomputation runs the blocks again during the backward pass, so they
+                # must see the same hooks then: keep them until the trace closes.
+                stack.enter_context(checkpointed_blocks(self.adapter.model))
+                if self.adapter.kind == "bridge":
+                    # A Hugging Face KV cache would grow on the recomputation.
+                    kwargs["use_cache"] = False
             with ExitStack() as forward:
+                hooks_scope = stack if self.checkpoint else forward
                 if self._capture_module is not None:
                     handle = self._capture_module.register_forward_pre_hook(self.capture.pre_hook)
                     forward.callback(handle.remove)
                 if self.freeze:
                     # The Bridge warns that an edited hook_scale changes the norm's numerics;
                     # that edit is the linearisation the caller asked for.
-                    forward.enter_context(warnings.catch_warnings())
+                    hooks_scope.enter_context(warnings.catch_warnings())
                     warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
-                forward.enter_context(self.adapter.model.hooks(fwd_hooks=self.hooks()))
-                logits = self.adapter.model(self.tokens)
+                hooks_scope.enter_context(self.adapter.model.hooks(fwd_hooks=self.hooks()))
+                logits = self.adapter.model(self.tokens, **kwargs)
             self.logits = logits
             self._check_forward()
         except BaseException:
@@ -243,7 +273,9 @@ class Trace:
         leaves = [self.taps[n].leaf for n in names]
         K = directions.shape[0]
         if batch_size is None:
-            batch_size = default_batch_size(self.tokens.shape[1], out.shape[-1], len(names))
+            # Every direction's gradients span the whole batch of sequences.
+            n_tokens = self.tokens.shape[0] * self.tokens.shape[1]
+            batch_size = default_batch_size(n_tokens, out.shape[-1], len(names))
         squared: dict[str, list[Tensor]] = {n: [] for n in names}
         vectors: dict[str, list[Tensor]] = {n: [] for n in names}
         dots: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -284,6 +316,51 @@ class Trace:
                     "usually overflow in the backward pass: run the model in float32."
                 )
         return result
+
+
+#: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
+CHECKPOINT_ABOVE_BYTES = 1 << 30
+
+
+def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
+    """Bytes the attention patterns of one forward pass keep for the backward pass.
+
+    Eager attention (the Bridge forces it; HookedTransformer always computes patterns)
+    saves the scores and the pattern, ``batch × heads × pos²`` values each, in every layer.
+    """
+    batch, n_pos = int(shape[0]), int(shape[1])
+    per_value = torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
+    return 2 * adapter.n_layers * adapter.n_heads * batch * n_pos * n_pos * per_value
+
+
+@contextmanager
+def checkpointed_blocks(model: Any) -> Iterator[None]:
+    """Run each of ``model.blocks`` under ``torch.utils.checkpoint`` for the duration.
+
+    The wrapper is set as an instance attribute with ``object.__setattr__``: the Bridge's
+    own ``__setattr__`` would forward it to the wrapped Hugging Face module (and recurse).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = list(getattr(model, "blocks", []))
+    saved: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        for block in blocks:
+            own = block.__dict__.get("forward")
+            original = block.forward
+
+            def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+            object.__setattr__(block, "forward", run)
+            saved.append((block, own))
+        yield
+    finally:
+        for block, own in saved:
+            if own is None:
+                object.__delattr__(block, "forward")
+            else:
+                object.__setattr__(block, "forward", own)
 
 
 def _combine(parts: list[Tensor], keep_each: bool) -> Tensor:
@@ -339,7 +416,8 @@ def trace(
     at: str | None = None,
     fwd_hooks: HookList = (),
     freeze: Sequence[str] = (),
+    checkpoint: bool | None = None,
 ) -> Iterator[Trace]:
     """Functional spelling of :class:`Trace`."""
-    with Trace(adapter, tokens, sources, at, fwd_hooks, freeze) as tr:
+    with Trace(adapter, tokens, sources, at, fwd_hooks, freeze, checkpoint) as tr:
         yield tr

@@ -225,3 +225,26 @@ class ScopeResult:
             f"ScopeResult({what}; {self.n_tokens} tokens, position {self.position}, "
             f"shape {tuple(self.scores.shape)}; top: {best})"
         )
+
+    # ------------------------------------------------------------------ saving it
+    def to_csv(self, path: Any) -> Any:
+        """Write :meth:`to_dataframe` as CSV; returns the path.
+
+        Example:
+            >>> r.to_csv("liberal.csv")      # doctest: +SKIP
+        """
+        self.to_dataframe().to_csv(path, index=False)
+        return path
+
+    def save(self, path: Any) -> Any:
+        """Save as JSON, every field, exactly (see :func:`jacobian_scopes.save`); returns
+        the path. Read it back with :func:`jacobian_scopes.load`, without the model.
+
+        Example:
+            >>> r.save("liberal.json")                               # doctest: +SKIP
+            >>> js.load("liberal.json").scores.equal(r.scores)       # doctest: +SKIP
+            True
+        """
+        from jacobian_scopes.io import save
+
+        return save(self, path)

@@ -53,6 +53,7 @@ class _Call:
     freeze_kinds: list[str]
     fwd_hooks: HookList
     prepend_bos: bool | None
+    checkpoint: bool | None = None
 
     def trace(self, at: str | None = None) -> Trace:
         return Trace(
@@ -62,6 +63,7 @@ class _Call:
             at=at,
             fwd_hooks=self.fwd_hooks,
             freeze=self.freeze,
+            checkpoint=self.checkpoint,
         )
 
     def first_order(self, pb: Pullback) -> Tensor:
@@ -85,6 +87,7 @@ def _setup(
     sources: SourcesLike,
     freeze: Sequence[str],
     fwd_hooks: HookList,
+    checkpoint: bool | None = None,
 ) -> _Call:
     adapter = ModelAdapter(model)
     tokens = resolve_tokens(adapter, prompt, prepend_bos)
@@ -101,6 +104,7 @@ def _setup(
         freeze_kinds=list(freeze),
         fwd_hooks=list(fwd_hooks),
         prepend_bos=prepend_bos,
+        checkpoint=checkpoint,
     )
 
 
@@ -167,6 +171,92 @@ def _result(
 
 
 # --------------------------------------------------------------------------- Semantic
+@dataclass
+class SemanticTarget:
+    """A checked Semantic target: token ids, an optional foil, and the mode used."""
+
+    ids: list[int]
+    mode: str  # "logit", "logprob" or "contrast"
+    foil_id: int | None = None
+
+
+def semantic_target(
+    adapter: ModelAdapter,
+    target: TargetLike,
+    *,
+    mode: str | None = None,
+    foil: TargetLike | None = None,
+    multi_token: bool = False,
+) -> SemanticTarget:
+    """Check a Semantic target and its options (shared by the single and batched scopes)."""
+    if mode not in (None, "logit", "logprob"):
+        raise ScopeInputError(f"mode must be 'logit' or 'logprob', got {mode!r}")
+    if multi_token:
+        ids = resolve_target(adapter, target)
+        if foil is not None:
+            raise ScopeInputError("a foil (contrast) needs a single-token target")
+        if mode == "logit":
+            raise ScopeInputError(
+                "multi-token targets are explained by the sum of their log-probs; "
+                "leave mode unset or use mode='logprob'"
+            )
+        mode_used = "logprob"
+    else:
+        ids = [single_token(adapter, target)]
+        mode_used = mode or "logit"
+    foil_id = single_token(adapter, foil, what="foil") if foil is not None else None
+    if foil_id is not None:
+        mode_used = "contrast"
+    return SemanticTarget(ids, mode_used, foil_id)
+
+
+def extend_for_target(call: _Call, target: SemanticTarget) -> list[int]:
+    """Append a multi-token target's continuation (teacher forcing) to ``call.tokens``;
+    returns the explained positions, one per target token."""
+    tokens = call.tokens
+    if len(target.ids) == 1:
+        return [call.position]
+    if call.position != tokens.shape[1] - 1:
+        raise ScopeInputError(
+            "a multi-token target continues the prompt, so it is explained from the last "
+            "position; trim the prompt instead of passing position"
+        )
+    extra = torch.tensor([target.ids[:-1]], dtype=tokens.dtype, device=tokens.device)
+    tokens = torch.cat([tokens, extra], dim=1)
+    n_ctx = call.adapter.n_ctx
+    if n_ctx is not None and tokens.shape[1] > n_ctx:
+        raise ScopeInputError("the prompt plus the target is longer than the model's context")
+    call.tokens = tokens
+    return list(range(call.position, call.position + len(target.ids)))
+
+
+def semantic_directions(
+    adapter: ModelAdapter, target: SemanticTarget, logits_rows: Float[Tensor, "P vocab"]
+) -> Float[Tensor, "P d_model"]:
+    """The direction at each explained position: ``w_target`` (logit), ``w_target − w̄``
+    (logprob, ``w̄`` under that position's softmax) or ``w_target − w_foil`` (contrast).
+    ``logits_rows`` are the logits at the explained positions (only used for logprob)."""
+    W_U = adapter.W_U
+    dirs = W_U[:, target.ids].T.clone()  # (P, d)
+    if target.foil_id is not None:
+        dirs = dirs - W_U[:, target.foil_id]
+    elif target.mode == "logprob":
+        probs = torch.softmax(logits_rows.float(), dim=-1)
+        dirs = dirs - (probs @ W_U.float().T).to(dirs.dtype)
+    return dirs
+
+
+def target_info(adapter: ModelAdapter, target: SemanticTarget) -> Target:
+    foil = target.foil_id
+    return Target(
+        ids=list(target.ids),
+        tokens=adapter.to_str_tokens(torch.tensor(target.ids)),
+        mode=target.mode,
+        foil_id=foil,
+        foil=adapter.to_str_tokens(torch.tensor([foil]))[0] if foil is not None else None,
+    )
+
+
 def semantic_scope(
     model: Any,
     prompt: Prompt,
@@ -181,6 +271,7 @@ def semantic_scope(
     freeze: Sequence[str] = (),
     fwd_hooks: HookList = (),
     return_vectors: bool = False,
+    checkpoint: bool | None = None,
 ) -> ScopeResult:
     """Which input tokens drive the prediction of ``target``: ``S_t = ‖J_tᵀ v‖``.
 
@@ -202,6 +293,10 @@ def semantic_scope(
         fwd_hooks: extra TransformerLens forward hooks ``[(name, fn)]`` (an ablation, a
             patch); the scope is computed on the intervened run.
         return_vectors: keep the raw vectors ``J_tᵀ v`` in ``result.vectors``.
+        checkpoint: recompute each block in the backward pass to save memory on long
+            prompts (same scores, one more forward pass). ``None``: automatic above
+            about 1 GiB of attention patterns (SmolLM2: ~1.3k tokens). See
+            :class:`jacobian_scopes.Trace`.
 
     Example:
         >>> from jacobian_scopes import load_default_model, semantic_scope
@@ -218,77 +313,47 @@ def semantic_scope(
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        checkpoint=checkpoint,
     )
     adapter = call.adapter
-    if mode not in (None, "logit", "logprob"):
-        raise ScopeInputError(f"mode must be 'logit' or 'logprob', got {mode!r}")
-    if multi_token:
-        ids = resolve_target(adapter, target)
-        if foil is not None:
-            raise ScopeInputError("a foil (contrast) needs a single-token target")
-        if mode == "logit":
-            raise ScopeInputError(
-                "multi-token targets are explained by the sum of their log-probs; "
-                "leave mode unset or use mode='logprob'"
-            )
-        mode_used = "logprob"
-    else:
-        ids = [single_token(adapter, target)]
-        mode_used = mode or "logit"
-    foil_id = single_token(adapter, foil, what="foil") if foil is not None else None
-    if foil_id is not None:
-        mode_used = "contrast"
-
-    tokens = call.tokens
-    positions = [call.position]
-    if len(ids) > 1:
-        if call.position != tokens.shape[1] - 1:
-            raise ScopeInputError(
-                "a multi-token target continues the prompt, so it is explained from the last "
-                "position; trim the prompt instead of passing position"
-            )
-        extra = torch.tensor([ids[:-1]], dtype=tokens.dtype, device=tokens.device)
-        tokens = torch.cat([tokens, extra], dim=1)
-        if adapter.n_ctx is not None and tokens.shape[1] > adapter.n_ctx:
-            raise ScopeInputError("the prompt plus the target is longer than the model's context")
-        positions = list(range(call.position, call.position + len(ids)))
-        call.tokens = tokens
-
-    W_U = adapter.W_U
+    checked = semantic_target(adapter, target, mode=mode, foil=foil, multi_token=multi_token)
+    positions = extend_for_target(call, checked)
     with call.trace() as tr:
         assert tr.logits is not None
         logits = tr.logits.detach()
-        dirs = W_U[:, ids].T.clone()  # (P, d): w_target at each explained position
-        if foil_id is not None:
-            dirs = dirs - W_U[:, foil_id]
-        elif mode_used == "logprob":
-            probs = torch.softmax(logits[0, positions].float(), dim=-1)
-            dirs = dirs - (probs @ W_U.float().T).to(dirs.dtype)
+        dirs = semantic_directions(adapter, checked, logits[0, positions])
         pb = tr.pullback(positions, dirs[None], keep_vectors=return_vectors, keep_dots=True)
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
-    foil_str = adapter.to_str_tokens(torch.tensor([foil_id]))[0] if foil_id is not None else None
-    target_info = Target(
-        ids=ids,
-        tokens=adapter.to_str_tokens(torch.tensor(ids)),
-        mode=mode_used,
-        foil_id=foil_id,
-        foil=foil_str,
-    )
     return _result(
         call,
         "semantic",
         scores,
         logits,
-        tokens,
+        call.tokens,
         positions,
-        {"mode": mode_used, "multi_token": len(ids) > 1},
-        target=target_info,
+        {"mode": checked.mode, "multi_token": len(checked.ids) > 1},
+        target=target_info(adapter, checked),
         vectors=_vectors(call, pb),
         first_order=call.first_order(pb),
     )
 
 
 # ------------------------------------------------------------------------ Temperature
+def temperature_direction(
+    y: Float[Tensor, "pos d_model"], position: int
+) -> Float[Tensor, " d_model"]:
+    """``ŷ = y/‖y‖`` at ``position`` (detached), after checking that ‖y‖ varies at all.
+
+    ``y`` holds the final states of one prompt's real tokens: a norm that is the same at
+    every position means the final norm makes ‖y‖ input-independent.
+    """
+    y = y.detach()
+    norms = y.float().norm(dim=-1)
+    if norms.numel() > 1 and float((norms.max() - norms.min()) / norms.max()) < 1e-5:
+        raise TemperatureUndefinedError(_TEMPERATURE_HELP)
+    return y[position] / y[position].norm()
+
+
 def temperature_scope(
     model: Any,
     prompt: Prompt,
@@ -299,6 +364,7 @@ def temperature_scope(
     freeze: Sequence[str] = (),
     fwd_hooks: HookList = (),
     return_vectors: bool = False,
+    checkpoint: bool | None = None,
 ) -> ScopeResult:
     """Which input tokens set the model's confidence: ``S_t = ‖∂‖y‖/∂x_t‖``.
 
@@ -322,19 +388,18 @@ def temperature_scope(
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        checkpoint=checkpoint,
     )
     adapter = call.adapter
     if adapter.final_norm_is_constant():
         raise TemperatureUndefinedError(_TEMPERATURE_HELP)
     with call.trace() as tr:
         assert tr.logits is not None
-        y = tr.explanandum[0].detach()
-        norms = y.float().norm(dim=-1)
-        if norms.numel() > 1 and float((norms.max() - norms.min()) / norms.max()) < 1e-5:
-            raise TemperatureUndefinedError(_TEMPERATURE_HELP)
-        v = (y[call.position] / y[call.position].norm())[None, None]
+        y = tr.explanandum[0]
+        v = temperature_direction(y, call.position)[None, None]
         pb = tr.pullback([call.position], v, keep_vectors=return_vectors, keep_dots=True)
         logits = tr.logits.detach()
+        norm = float(y[call.position].detach().float().norm())
     scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
     return _result(
         call,
@@ -343,7 +408,7 @@ def temperature_scope(
         logits,
         call.tokens,
         [call.position],
-        {"norm": float(norms[call.position])},
+        {"norm": norm},
         vectors=_vectors(call, pb),
         first_order=call.first_order(pb),
     )
@@ -360,6 +425,114 @@ _TEMPERATURE_HELP = (
 
 
 # ----------------------------------------------------------------------------- Fisher
+@dataclass
+class FisherOptions:
+    """The Fisher scope's options, checked once and shared by single and batched calls."""
+
+    method: str = "sketch"
+    eps: float = 1e-3
+    rank: int | None = None
+    n_probes: int = 8
+    decompose: bool = False
+    seed: int | None = 0
+
+    def plan(self, adapter: ModelAdapter, probs: Float[Tensor, " vocab"]) -> fisher_math.FisherPlan:
+        """The rows for one explained position. The sketch's probes come from a generator
+        seeded afresh with ``seed`` for every position, so a prompt gets the same probes
+        whether it is explained alone, in a batch, or as one step of a generation."""
+        rank = self.rank if self.rank is not None else (1 if self.method == "principal" else 8)
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        return fisher_math.plan(
+            adapter.W_U,
+            probs,
+            method=self.method,
+            eps=self.eps,
+            rank=rank,
+            n_probes=self.n_probes,
+            decompose=self.decompose,
+            generator=generator,
+        )
+
+    def check(self) -> None:
+        """Raise ScopeInputError for bad options now (the checks live in fisher.plan; a
+        two-token toy distribution runs them at no cost)."""
+        toy = FisherOptions(self.method, self.eps, self.rank, self.n_probes, self.decompose, None)
+        fisher_math.plan(
+            torch.eye(2),
+            torch.tensor([0.5, 0.5]),
+            method=toy.method,
+            eps=toy.eps,
+            rank=toy.params()["rank"],
+            n_probes=toy.n_probes,
+            decompose=toy.decompose,
+        )
+
+    def keep_each(self, plan: fisher_math.FisherPlan) -> bool:
+        return self.decompose or plan.n_probes > 0
+
+    def params(self) -> dict[str, Any]:
+        rank = self.rank if self.rank is not None else (1 if self.method == "principal" else 8)
+        return {
+            "method": self.method,
+            "eps": self.eps,
+            "rank": rank,
+            "n_probes": self.n_probes,
+            "decompose": self.decompose,
+            "seed": self.seed,
+        }
+
+
+def fisher_combine(
+    spec: SourceSpec,
+    plan: fisher_math.FisherPlan,
+    squared: dict[str, Tensor],
+    decompose: bool = False,
+) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    """Scores, standard errors and per-candidate contributions from the squared norms
+    ``(K, pos, ...)`` of a plan's rows (K = the plan's rows, or 1 when they were summed)."""
+    stderr = None
+    contributions = None
+    if plan.n_probes > 0:
+        k = plan.n_exact
+        scores = {s: sq[:k].sum(0) + sq[k:].mean(0) for s, sq in squared.items()}
+        if plan.n_probes > 1:
+            spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
+            stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
+    else:
+        scores = {s: sq.sum(0) for s, sq in squared.items()}
+    if decompose:
+        contributions = arrange(spec, {s: sq.cpu() for s, sq in squared.items()})[0]
+    return scores, stderr, contributions
+
+
+def fisher_details(
+    adapter: ModelAdapter,
+    options: FisherOptions,
+    plan: fisher_math.FisherPlan,
+    probs: Float[Tensor, " vocab"],
+    stderr: Tensor | None,
+    contributions: Tensor | None,
+) -> FisherDetails:
+    ids = plan.support_ids.tolist() if plan.per_candidate else plan.support_ids[:50].tolist()
+    return FisherDetails(
+        method=plan.method,
+        eps=options.eps,
+        n_vjps=int(plan.rows.shape[0]),
+        rank=None if plan.method == "exact" else plan.n_exact,
+        n_probes=plan.n_probes,
+        support_size=int(plan.support_ids.numel()),
+        tail_mass=plan.tail_mass,
+        trace_full=plan.trace_full,
+        trace_support=plan.trace_support,
+        captured=1.0 if plan.method == "exact" else plan.captured,
+        stderr=stderr,
+        candidate_ids=ids,
+        candidate_tokens=adapter.to_str_tokens(torch.tensor(ids)) if ids else [],
+        candidate_probs=[float(probs[i]) for i in ids],
+        contributions=contributions,
+    )
+
+
 def fisher_scope(
     model: Any,
     prompt: Prompt,
@@ -376,6 +549,7 @@ def fisher_scope(
     sources: SourcesLike = None,
     freeze: Sequence[str] = (),
     fwd_hooks: HookList = (),
+    checkpoint: bool | None = None,
 ) -> ScopeResult:
     """Which input tokens move the whole next-token distribution: ``tr(J_tᵀ F J_t)``.
 
@@ -391,7 +565,8 @@ def fisher_scope(
     * ``"principal"``: the top ``rank`` (default 1) eigen-directions (the authors' default).
 
     ``eps`` is the probability mass left out of the candidate support (reported as
-    ``result.fisher.tail_mass``). Other arguments as in :func:`semantic_scope`.
+    ``result.fisher.tail_mass``). ``batch_size`` is how many VJPs run at once. Other
+    arguments as in :func:`semantic_scope`.
 
     Example:
         >>> prompt = "French: lentille jacobienne. English: Jacobian"
@@ -407,72 +582,34 @@ def fisher_scope(
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        checkpoint=checkpoint,
     )
     adapter = call.adapter
-    if rank is None:
-        rank = 1 if method == "principal" else 8
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
+    options = FisherOptions(method, eps, rank, n_probes, decompose, seed)
     with call.trace() as tr:
         assert tr.logits is not None
         logits = tr.logits.detach()
         probs = torch.softmax(logits[0, call.position].float(), dim=-1)
-        plan = fisher_math.plan(
-            adapter.W_U,
-            probs,
-            method=method,
-            eps=eps,
-            rank=rank,
-            n_probes=n_probes,
-            decompose=decompose,
-            generator=generator,
-        )
-        keep_each = decompose or plan.n_probes > 0
+        plan = options.plan(adapter, probs)
         pb = tr.pullback(
-            [call.position], plan.rows[:, None, :], batch_size=batch_size, keep_each=keep_each
+            [call.position],
+            plan.rows[:, None, :],
+            batch_size=batch_size,
+            keep_each=options.keep_each(plan),
         )
-    squared = call.squared(pb)
-    stderr = None
-    contributions = None
-    if plan.n_probes > 0:
-        k = plan.n_exact
-        scores = {s: sq[:k].sum(0) + sq[k:].mean(0) for s, sq in squared.items()}
-        if plan.n_probes > 1:
-            spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
-            stderr = arrange(call.spec, {s: v.cpu() for s, v in spread.items()})[0]
-    else:
-        scores = {s: sq.sum(0) for s, sq in squared.items()}
-    if decompose:
-        contributions = arrange(call.spec, {s: sq.cpu() for s, sq in squared.items()})[0]
-    ids = plan.support_ids.tolist() if plan.per_candidate else plan.support_ids[:50].tolist()
-    details = FisherDetails(
-        method=plan.method,
-        eps=eps,
-        n_vjps=int(plan.rows.shape[0]),
-        rank=None if plan.method == "exact" else plan.n_exact,
-        n_probes=plan.n_probes,
-        support_size=int(plan.support_ids.numel()),
-        tail_mass=plan.tail_mass,
-        trace_full=plan.trace_full,
-        trace_support=plan.trace_support,
-        captured=1.0 if plan.method == "exact" else plan.captured,
-        stderr=stderr,
-        candidate_ids=ids,
-        candidate_tokens=adapter.to_str_tokens(torch.tensor(ids)) if ids else [],
-        candidate_probs=[float(probs[i]) for i in ids],
-        contributions=contributions,
+    scores, stderr, contributions = fisher_combine(
+        call.spec, plan, call.squared(pb), options.decompose
     )
-    params = {
-        "method": plan.method,
-        "eps": eps,
-        "rank": rank,
-        "n_probes": n_probes,
-        "decompose": decompose,
-        "seed": seed,
-    }
+    details = fisher_details(adapter, options, plan, probs, stderr, contributions)
     return _result(
-        call, "fisher", scores, logits, call.tokens, [call.position], params, fisher=details
+        call,
+        "fisher",
+        scores,
+        logits,
+        call.tokens,
+        [call.position],
+        options.params(),
+        fisher=details,
     )
 
 
@@ -489,6 +626,7 @@ def scope(
     freeze: Sequence[str] = (),
     fwd_hooks: HookList = (),
     return_vectors: bool = False,
+    checkpoint: bool | None = None,
 ) -> ScopeResult:
     """Attribute any direction ``v`` of a hidden activation: ``S_t = ‖J_tᵀ v‖``.
 
@@ -511,6 +649,7 @@ def scope(
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        checkpoint=checkpoint,
     )
     if not isinstance(direction, Tensor):
         direction = torch.as_tensor(direction)

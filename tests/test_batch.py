@@ -1,0 +1,293 @@
+"""Batches of prompts of different lengths equal the one-by-one results, for every scope,
+on both model classes; what is written into the padded positions changes nothing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import helpers
+import jacobian_scopes as js
+from jacobian_scopes import batch
+from jacobian_scopes.guard import model_fingerprint
+from test_model_unchanged import assert_same, user_state
+
+LENGTHS = (4, 9, 6, 7, 3)
+
+
+def prompts():
+    return [helpers.tokens(n, seed=10 + i) for i, n in enumerate(LENGTHS)]
+
+
+def close(a, b):
+    # Float32 rounding differs between matrix products of different shapes (a batch of 5
+    # against a batch of 1); the error is relative to the tensor's scale.
+    scale = float(b.abs().max()) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-6))
+
+
+def assert_same_result(got: js.ScopeResult, want: js.ScopeResult) -> None:
+    """Every field of a batched result equals the one-by-one result (scores to rounding)."""
+    assert got.scope == want.scope
+    assert got.scores.shape == want.scores.shape
+    close(got.scores, want.scores)
+    assert torch.equal(got.tokens, want.tokens)
+    assert got.str_tokens == want.str_tokens
+    assert (got.position, got.positions) == (want.position, want.positions)
+    assert got.target == want.target
+    assert [p.token_id for p in got.top_predictions] == [p.token_id for p in want.top_predictions]
+    for p, q in zip(got.top_predictions, want.top_predictions, strict=True):
+        assert p.prob == pytest.approx(q.prob, rel=1e-4, abs=1e-7)
+    assert got.params.keys() == want.params.keys()
+    for key, value in want.params.items():
+        if isinstance(value, float):
+            assert got.params[key] == pytest.approx(value, rel=1e-5)
+        else:
+            assert got.params[key] == value
+    assert got.processing == want.processing and got.model_name == want.model_name
+    assert got.score_axes == want.score_axes and got.source_labels == want.source_labels
+    assert got.bos == want.bos
+    for name in ("first_order", "vectors"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None)
+        if isinstance(b, dict):
+            assert a.keys() == b.keys()
+            for k in b:
+                close(a[k], b[k])
+        elif b is not None:
+            close(a, b)
+    assert (got.fisher is None) == (want.fisher is None)
+    if want.fisher is not None:
+        f, g = got.fisher, want.fisher
+        assert (f.method, f.n_vjps, f.rank, f.n_probes) == (g.method, g.n_vjps, g.rank, g.n_probes)
+        assert (f.support_size, f.candidate_ids) == (g.support_size, g.candidate_ids)
+        assert f.trace_full == pytest.approx(g.trace_full, rel=1e-5)
+        assert f.captured == pytest.approx(g.captured, rel=1e-5)
+        for name in ("stderr", "contributions"):
+            a, b = getattr(f, name), getattr(g, name)
+            assert (a is None) == (b is None)
+            if b is not None:
+                close(a, b)
+
+
+def check(batched, single):
+    assert len(batched) == len(single)
+    for got, want in zip(batched, single, strict=True):
+        assert_same_result(got, want)
+
+
+# Each case: (batched call, one-by-one call), both given (model, prompts).
+TARGETS = [11, 12, 13, 14, 15]
+CASES = {
+    "semantic_per_prompt_targets": (
+        lambda m, ps: js.semantic_scope_batch(m, ps, TARGETS, return_vectors=True),
+        lambda m, ps: [
+            js.semantic_scope(m, p, t, return_vectors=True)
+            for p, t in zip(ps, TARGETS, strict=True)
+        ],
+    ),
+    "semantic_shared_target_logprob": (
+        lambda m, ps: js.semantic_scope_batch(m, ps, 11, mode="logprob"),
+        lambda m, ps: [js.semantic_scope(m, p, 11, mode="logprob") for p in ps],
+    ),
+    "semantic_contrast_positions": (
+        lambda m, ps: js.semantic_scope_batch(m, ps, 11, foil=12, position=[1, 2, 0, 3, 1]),
+        lambda m, ps: [
+            js.semantic_scope(m, p, 11, foil=12, position=q)
+            for p, q in zip(ps, [1, 2, 0, 3, 1], strict=True)
+        ],
+    ),
+    "semantic_multi_token_of_different_lengths": (
+        lambda m, ps: js.semantic_scope_batch(
+            m, ps, [[11], [12, 13, 14], [15, 16], [17], [18, 19]], multi_token=True
+        ),
+        lambda m, ps: [
+            js.semantic_scope(m, p, t, multi_token=True)
+            for p, t in zip(ps, [[11], [12, 13, 14], [15, 16], [17], [18, 19]], strict=True)
+        ],
+    ),
+    "semantic_layerwise": (
+        lambda m, ps: js.semantic_scope_batch(m, ps, 11, sources="resid_pre"),
+        lambda m, ps: [js.semantic_scope(m, p, 11, sources="resid_pre") for p in ps],
+    ),
+    "semantic_per_head": (
+        lambda m, ps: js.semantic_scope_batch(m, ps, 11, sources="z", batch_size=2),
+        lambda m, ps: [js.semantic_scope(m, p, 11, sources="z") for p in ps],
+    ),
+    "temperature": (
+        lambda m, ps: js.temperature_scope_batch(m, ps, return_vectors=True),
+        lambda m, ps: [js.temperature_scope(m, p, return_vectors=True) for p in ps],
+    ),
+    "fisher_sketch": (
+        lambda m, ps: js.fisher_scope_batch(m, ps, seed=3),
+        lambda m, ps: [js.fisher_scope(m, p, seed=3) for p in ps],
+    ),
+    "fisher_exact_decompose": (
+        lambda m, ps: js.fisher_scope_batch(m, ps, method="exact", eps=0.05, decompose=True),
+        lambda m, ps: [js.fisher_scope(m, p, method="exact", eps=0.05, decompose=True) for p in ps],
+    ),
+    "fisher_exact_summed": (
+        lambda m, ps: js.fisher_scope_batch(m, ps, method="exact", eps=0.0),
+        lambda m, ps: [js.fisher_scope(m, p, method="exact", eps=0.0) for p in ps],
+    ),
+    "fisher_principal_layerwise": (
+        lambda m, ps: js.fisher_scope_batch(m, ps, method="principal", rank=2, sources="attn_out"),
+        lambda m, ps: [
+            js.fisher_scope(m, p, method="principal", rank=2, sources="attn_out") for p in ps
+        ],
+    ),
+    "direction_at_a_hidden_layer": (
+        lambda m, ps: js.scope_batch(
+            m, ps, torch.linspace(-1, 1, helpers.D_MODEL), at="blocks.1.hook_resid_pre"
+        ),
+        lambda m, ps: [
+            js.scope(m, p, torch.linspace(-1, 1, helpers.D_MODEL), at="blocks.1.hook_resid_pre")
+            for p in ps
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_batch_equals_one_by_one(tiny, case):
+    model, _, _ = tiny
+    batched, single = CASES[case]
+    ps = prompts()
+    check(batched(model, ps), single(model, ps))
+
+
+def test_predicted_targets_explain_each_prompts_own_top_token(tiny):
+    model, _, _ = tiny
+    ps = prompts()
+    rs = js.semantic_scope_batch(model, ps, batch_size=2)
+    for p, r in zip(ps, rs, strict=True):
+        top = r.top_predictions[0].token_id
+        assert r.target.ids == [top]
+        assert_same_result(r, js.semantic_scope(model, p, top))
+
+
+def test_a_none_in_the_targets_explains_that_prompts_prediction(kind):
+    model = helpers.make_model(kind, "gpt2")
+    ps = prompts()[:3]
+    rs = js.semantic_scope_batch(model, ps, [11, None, 12])
+    assert [r.target.ids for r in rs[::2]] == [[11], [12]]
+    assert rs[1].target.ids == [rs[1].top_predictions[0].token_id]
+
+
+def test_results_do_not_depend_on_the_batch_size_or_the_order(tiny):
+    model, _, _ = tiny
+    ps = prompts()
+    ref = js.temperature_scope_batch(model, ps, batch_size=1)
+    check(js.temperature_scope_batch(model, ps, batch_size=2), ref)
+    check(js.temperature_scope_batch(model, ps[::-1], batch_size=3), ref[::-1])
+
+
+def test_string_prompts_are_tokenised_one_by_one_with_bos(kind):
+    model = helpers.make_model(kind, "llama")
+    texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]
+    rs = js.semantic_scope_batch(model, texts, "w11")
+    check(rs, [js.semantic_scope(model, t, "w11") for t in texts])
+    assert [r.n_tokens for r in rs] == [4, 2, 7] and all(r.bos for r in rs)
+
+
+@pytest.mark.parametrize("scope", ["semantic", "temperature", "fisher"])
+def test_junk_in_the_padded_positions_changes_nothing(tiny, scope, monkeypatch):
+    """The padded positions are filled with random tokens instead of the pad id: every
+    score, to the last bit, stays the same."""
+    model, _, _ = tiny
+    ps = prompts()
+    options = {"semantic": {"targets": 11}, "temperature": {}, "fisher": {"method": "exact"}}
+    clean = batch.run_batch(model, ps, scope, batch_size=5, **options[scope])
+    real_pad = batch.pad_batch
+    g = torch.Generator().manual_seed(0)
+
+    def junk(rows, pad_id):
+        out, lengths = real_pad(rows, pad_id)
+        for b, n in enumerate(lengths):
+            out[b, n:] = torch.randint(4, helpers.VOCAB, (out.shape[1] - n,), generator=g)
+        return out, lengths
+
+    monkeypatch.setattr(batch, "pad_batch", junk)
+    dirty = batch.run_batch(model, ps, scope, batch_size=5, **options[scope])
+    for a, b in zip(clean, dirty, strict=True):
+        assert torch.equal(a.scores, b.scores)
+
+
+def test_padded_positions_receive_exactly_zero_gradient(tiny):
+    """Below the results: the engine's raw squared norms at padded positions are zero."""
+    model, _, _ = tiny
+    adapter = js.adapter.ModelAdapter(model)
+    rows = [helpers.tokens(3, seed=1)[None], helpers.tokens(8, seed=2)[None]]
+    tokens, lengths = batch.pad_batch(rows, pad_id=5)
+    with js.Trace(adapter, tokens, sources=["hook_embed", "blocks.1.hook_resid_pre"]) as tr:
+        dirs = torch.randn(2, 2, 1, helpers.D_MODEL, generator=torch.Generator().manual_seed(0))
+        pb = tr.pullback(torch.tensor([[2], [7]]), dirs)
+    for sq in pb.squared.values():
+        assert (sq[:, 0, lengths[0] :] == 0).all()
+        assert (sq[:, 0, : lengths[0]] > 0).any()
+
+
+def test_model_is_unchanged_after_a_batch_and_after_a_failing_batch(tiny):
+    model, _, _ = tiny
+    user_state(model)
+    before = model_fingerprint(model)
+    js.fisher_scope_batch(model, prompts(), batch_size=2)
+    js.semantic_scope_batch(model, prompts(), 11, sources="resid_pre")
+    assert_same(before, model_fingerprint(model))
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        js.temperature_scope_batch(model, prompts(), fwd_hooks=[("blocks.0.hook_resid_post", boom)])
+    assert_same(before, model_fingerprint(model))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: js.semantic_scope_batch(m, "w1 w2", 11), "list of prompts"),
+        (lambda m: js.semantic_scope_batch(m, [], 11), "empty"),
+        (lambda m: js.semantic_scope_batch(m, prompts(), [11, 12]), "2 entries for 5 prompts"),
+        (lambda m: js.semantic_scope_batch(m, prompts(), 11, batch_size=0), "batch_size"),
+        (lambda m: js.semantic_scope_batch(m, prompts(), multi_token=True), "needs targets"),
+        (lambda m: js.temperature_scope_batch(m, prompts(), position=[0, 1]), "position"),
+        (lambda m: js.fisher_scope_batch(m, prompts(), position=9), "out of range"),
+        (lambda m: js.fisher_scope_batch(m, prompts(), method="full"), "Fisher method"),
+        (lambda m: js.scope_batch(m, prompts(), torch.ones(3)), "shape"),
+        (lambda m: js.scope_batch(m, prompts(), torch.ones(helpers.D_MODEL), at="x"), "not a hook"),
+        (lambda m: batch.run_batch(m, prompts(), "entropy"), "unknown scope"),
+        (lambda m: js.semantic_scope_batch(m, [helpers.tokens(3), "", "w1"], 11), "empty"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(kind, call, match):
+    model = helpers.make_model(kind, "gpt2")
+    with torch.no_grad():
+        model(helpers.tokens(3)[None])
+    before = model_fingerprint(model)
+    with pytest.raises(js.ScopeInputError, match=match):
+        call(model)
+    assert_same(before, model_fingerprint(model))
+
+
+def test_temperature_batch_refuses_a_folded_final_norm(kind):
+    folded = helpers.processed_copy(
+        kind, "gpt2", fold_ln=True, center_writing_weights=False, center_unembed=False
+    )
+    with pytest.raises(js.TemperatureUndefinedError):
+        js.temperature_scope_batch(folded, prompts())
+
+
+def test_grouping_caps_rows_and_padding():
+    assert batch.group_by_length([5] * 10, batch_size=4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch.group_by_length([120, 20, 20, 20, 18], batch_size=8) == [(0, 2), (2, 5)]
+    assert batch.group_by_length([9], batch_size=1) == [(0, 1)]
+    groups = batch.group_by_length([64, 60, 40, 33, 30, 8, 7, 2], batch_size=8)
+    lengths = [64, 60, 40, 33, 30, 8, 7, 2]
+    for start, stop in groups:
+        real = sum(lengths[start:stop])
+        assert stop - start == 1 or real >= 0.5 * (stop - start) * lengths[start]
+    assert groups[0][0] == 0 and groups[-1][1] == 8
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))

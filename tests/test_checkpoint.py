@@ -1,0 +1,101 @@
+"""Long prompts: block checkpointing (recompute each block in the backward pass) gives the
+same scores as the plain path, turns itself on above the memory threshold, and leaves the
+model exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import helpers
+import jacobian_scopes as js
+from jacobian_scopes import engine
+from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.guard import model_fingerprint
+from test_model_unchanged import assert_same, user_state
+
+CALLS = {
+    "semantic_layers": lambda m, t, c: js.semantic_scope(
+        m,
+        t,
+        11,
+        sources=["hook_embed", "blocks.1.hook_resid_pre", "blocks.0.attn.hook_z"],
+        checkpoint=c,
+    ),
+    "semantic_frozen_norms": lambda m, t, c: js.semantic_scope(
+        m, t, 11, freeze=["norm_scale"], checkpoint=c
+    ),
+    "temperature": lambda m, t, c: js.temperature_scope(m, t, checkpoint=c),
+    "fisher": lambda m, t, c: js.fisher_scope(m, t, method="exact", checkpoint=c),
+    "batch": lambda m, t, c: js.semantic_scope_batch(m, [t, t[:5]], 11, checkpoint=c)[1],
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_checkpointed_scores_equal_the_plain_ones(tiny, call):
+    model, _, _ = tiny
+    toks = helpers.tokens(12, seed=5)
+    plain = CALLS[call](model, toks, False)
+    ckpt = CALLS[call](model, toks, True)
+    torch.testing.assert_close(ckpt.scores, plain.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_a_users_hook_inside_a_block_is_applied_in_the_recomputation_too(tiny):
+    model, _, _ = tiny
+    toks = helpers.tokens(8)
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, 1] = 0.0
+        return z
+
+    hooks = [("blocks.0.attn.hook_z", ablate)]
+    plain = js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=False)
+    ckpt = js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=True)
+    torch.testing.assert_close(ckpt.scores, plain.scores, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(plain.scores, js.semantic_scope(model, toks, 11).scores)
+
+
+def test_checkpointing_turns_itself_on_above_the_threshold(tiny, monkeypatch):
+    model, _, _ = tiny
+    adapter = ModelAdapter(model)
+    toks = helpers.tokens(6)[None]
+    assert not engine.Trace(adapter, toks, sources=[]).checkpoint
+    need = engine.attention_bytes(adapter, toks.shape)
+    assert need == 2 * helpers.N_LAYERS * helpers.N_HEADS * 36 * 4
+    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", need - 1)
+    assert engine.Trace(adapter, toks, sources=[]).checkpoint
+    assert not engine.Trace(adapter, toks, sources=[], checkpoint=False).checkpoint
+
+
+def test_model_is_unchanged_after_checkpointed_calls_and_failures(tiny):
+    model, _, _ = tiny
+    user_state(model)
+    before = model_fingerprint(model)
+    own = [dict(b.__dict__) for b in model.blocks]
+    js.fisher_scope(model, helpers.tokens(7), checkpoint=True)
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        js.semantic_scope(
+            model,
+            helpers.tokens(7),
+            11,
+            checkpoint=True,
+            fwd_hooks=[("blocks.1.hook_resid_pre", boom)],
+        )
+    assert_same(before, model_fingerprint(model))
+    assert [set(b.__dict__) for b in model.blocks] == [set(d) for d in own]
+    assert all("forward" not in b.__dict__ for b in model.blocks)
+
+
+@pytest.mark.real
+def test_checkpointing_on_the_default_model_at_a_moderate_length(smollm):
+    toks = smollm.to_tokens(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))
+    assert toks.shape[1] > 300
+    target = smollm.to_single_token(" fox")
+    plain = js.semantic_scope(smollm, toks, target, checkpoint=False)
+    ckpt = js.semantic_scope(smollm, toks, target, checkpoint=True)
+    torch.testing.assert_close(ckpt.scores, plain.scores, rtol=1e-5, atol=1e-6)
