@@ -50,7 +50,7 @@ test: lint typecheck env
 compat:
 	$(MAKE) --no-print-directory _compat NAME=tl39 SPEC='transformer-lens==3.9.0'
 	$(MAKE) --no-print-directory _compat NAME=tl218 \
-	  SPEC='transformer-lens==2.18.0 transformers<5 numpy<2 pyarrow<21 datasets<5'
+	  SPEC='transformer-lens==2.18.0 "transformers<5" "numpy<2" "pyarrow<21" "datasets<5"'
 
 _compat:
 	test -x .venv-$(NAME)/bin/python || $(PYTHON) -m venv .venv-$(NAME)

@@ -3,10 +3,21 @@ and the real SmolLM2 (loaded once per session, from the offline cache)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import helpers
+
+# Under pytest-xdist every worker would otherwise start one torch thread per core: n workers
+# on n cores then run n² threads, and OpenMP's spinning made the suite several times slower.
+# Subprocesses (the CLI tests) inherit the setting through the environment.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
 
 KINDS = helpers.model_kinds()
 PAIRS = [(k, a) for k in KINDS for a in helpers.ARCHS]
