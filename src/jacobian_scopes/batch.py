@@ -240,6 +240,27 @@ def _run(
     return [r for r in results if r is not None]
 
 
+def _one_direction(
+    row: _Row, scope: str, pb: Pullback, logits: Tensor, params: dict[str, Any], **extra: Any
+) -> ScopeResult:
+    """The result of a scope with one direction per explained position: ``‖J_tᵀv‖``, with
+    the raw vectors when kept and the signed first-order terms."""
+    call = row.call
+    scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
+    return _result(
+        call,
+        scope,
+        scores,
+        logits,
+        call.tokens,
+        row.positions,
+        params,
+        vectors=_vectors(call, pb),
+        first_order=call.first_order(pb),
+        **extra,
+    )
+
+
 def _calls(
     model: Any,
     prompts: Sequence[Prompt],
@@ -275,7 +296,7 @@ def semantic_scope_batch(
     targets: TargetLike | Sequence[TargetLike | None] | None = None,
     *,
     mode: str | None = None,
-    foil: TargetLike | None = None,
+    foil: TargetLike | Sequence[TargetLike | None] | None = None,
     multi_token: bool = False,
     position: int | Sequence[int] = -1,
     prepend_bos: bool | None = None,
@@ -344,21 +365,11 @@ def semantic_scope_batch(
         return _Row(call, pos, dirs[None], target=target)
 
     def finish(row: _Row, pb: Pullback, logits: Tensor) -> ScopeResult:
-        call, target = row.call, row.target
+        target = row.target
         assert target is not None
-        scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
-        return _result(
-            call,
-            "semantic",
-            scores,
-            logits,
-            call.tokens,
-            row.positions,
-            {"mode": target.mode, "multi_token": len(target.ids) > 1},
-            target=target_info(adapter, target),
-            vectors=_vectors(call, pb),
-            first_order=call.first_order(pb),
-        )
+        params = {"mode": target.mode, "multi_token": len(target.ids) > 1}
+        info = target_info(adapter, target)
+        return _one_direction(row, "semantic", pb, logits, params, target=info)
 
     return _run(
         calls,
@@ -416,19 +427,7 @@ def temperature_scope_batch(
         return _Row(call, [call.position], v[None, None], extra={"norm": norm})
 
     def finish(row: _Row, pb: Pullback, logits: Tensor) -> ScopeResult:
-        call = row.call
-        scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
-        return _result(
-            call,
-            "temperature",
-            scores,
-            logits,
-            call.tokens,
-            row.positions,
-            {"norm": row.extra["norm"]},
-            vectors=_vectors(call, pb),
-            first_order=call.first_order(pb),
-        )
+        return _one_direction(row, "temperature", pb, logits, {"norm": row.extra["norm"]})
 
     return _run(
         calls,
@@ -568,21 +567,9 @@ def scope_batch(
         return _Row(call, [call.position], v[None, None])
 
     def finish(row: _Row, pb: Pullback, logits: Tensor) -> ScopeResult:
-        call = row.call
-        scores = {k: s[0].sqrt() for k, s in call.squared(pb).items()}
-        norm = float(directions[index[id(call)]].norm())
+        norm = float(directions[index[id(row.call)]].norm())
         params = {"at": at or adapter.final_state.label, "direction_norm": norm}
-        return _result(
-            call,
-            "direction",
-            scores,
-            logits,
-            call.tokens,
-            row.positions,
-            params,
-            vectors=_vectors(call, pb),
-            first_order=call.first_order(pb),
-        )
+        return _one_direction(row, "direction", pb, logits, params)
 
     return _run(
         calls,

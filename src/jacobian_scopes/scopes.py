@@ -305,37 +305,26 @@ def semantic_scope(
         >>> semantic_scope(model, prompt, " liberal").top(1)                # doctest: +SKIP
         [(15, ' Columbia', 11.98...)]
     """
-    call = _setup(
+    from jacobian_scopes import batch  # one prompt is a batch of one (batch builds on this module)
+
+    if target is None:
+        raise ScopeInputError("target is required (a token string or id)")
+    (result,) = batch.semantic_scope_batch(
         model,
-        prompt,
-        position=position,
+        [prompt],
+        [target],
+        mode=mode,
+        foil=[foil],
+        multi_token=multi_token,
+        position=[position],
         prepend_bos=prepend_bos,
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        return_vectors=return_vectors,
         checkpoint=checkpoint,
     )
-    adapter = call.adapter
-    checked = semantic_target(adapter, target, mode=mode, foil=foil, multi_token=multi_token)
-    positions = extend_for_target(call, checked)
-    with call.trace() as tr:
-        assert tr.logits is not None
-        logits = tr.logits.detach()
-        dirs = semantic_directions(adapter, checked, logits[0, positions])
-        pb = tr.pullback(positions, dirs[None], keep_vectors=return_vectors, keep_dots=True)
-    scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
-    return _result(
-        call,
-        "semantic",
-        scores,
-        logits,
-        call.tokens,
-        positions,
-        {"mode": checked.mode, "multi_token": len(checked.ids) > 1},
-        target=target_info(adapter, checked),
-        vectors=_vectors(call, pb),
-        first_order=call.first_order(pb),
-    )
+    return result
 
 
 # ------------------------------------------------------------------------ Temperature
@@ -380,38 +369,20 @@ def temperature_scope(
         >>> r.scores.shape                                                      # doctest: +SKIP
         torch.Size([11])
     """
-    call = _setup(
+    from jacobian_scopes import batch
+
+    (result,) = batch.temperature_scope_batch(
         model,
-        prompt,
-        position=position,
+        [prompt],
+        position=[position],
         prepend_bos=prepend_bos,
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        return_vectors=return_vectors,
         checkpoint=checkpoint,
     )
-    adapter = call.adapter
-    if adapter.final_norm_is_constant():
-        raise TemperatureUndefinedError(_TEMPERATURE_HELP)
-    with call.trace() as tr:
-        assert tr.logits is not None
-        y = tr.explanandum[0]
-        v = temperature_direction(y, call.position)[None, None]
-        pb = tr.pullback([call.position], v, keep_vectors=return_vectors, keep_dots=True)
-        logits = tr.logits.detach()
-        norm = float(y[call.position].detach().float().norm())
-    scores = {k: v[0].sqrt() for k, v in call.squared(pb).items()}
-    return _result(
-        call,
-        "temperature",
-        scores,
-        logits,
-        call.tokens,
-        [call.position],
-        {"norm": norm},
-        vectors=_vectors(call, pb),
-        first_order=call.first_order(pb),
-    )
+    return result
 
 
 _TEMPERATURE_HELP = (
@@ -574,43 +545,26 @@ def fisher_scope(
         >>> r.fisher.method, r.fisher.n_vjps                # doctest: +SKIP
         ('sketch', 16)
     """
-    call = _setup(
+    from jacobian_scopes import batch
+
+    (result,) = batch.fisher_scope_batch(
         model,
-        prompt,
-        position=position,
+        [prompt],
+        method=method,
+        eps=eps,
+        rank=rank,
+        n_probes=n_probes,
+        decompose=decompose,
+        seed=seed,
+        vjp_batch_size=batch_size,
+        position=[position],
         prepend_bos=prepend_bos,
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
         checkpoint=checkpoint,
     )
-    adapter = call.adapter
-    options = FisherOptions(method, eps, rank, n_probes, decompose, seed)
-    with call.trace() as tr:
-        assert tr.logits is not None
-        logits = tr.logits.detach()
-        probs = torch.softmax(logits[0, call.position].float(), dim=-1)
-        plan = options.plan(adapter, probs)
-        pb = tr.pullback(
-            [call.position],
-            plan.rows[:, None, :],
-            batch_size=batch_size,
-            keep_each=options.keep_each(plan),
-        )
-    scores, stderr, contributions = fisher_combine(
-        call.spec, plan, call.squared(pb), options.decompose
-    )
-    details = fisher_details(adapter, options, plan, probs, stderr, contributions)
-    return _result(
-        call,
-        "fisher",
-        scores,
-        logits,
-        call.tokens,
-        [call.position],
-        options.params(),
-        fisher=details,
-    )
+    return result
 
 
 # ---------------------------------------------------------------------------- General
@@ -641,41 +595,19 @@ def scope(
         >>> v = torch.randn(model.cfg.d_model)                                      # doctest: +SKIP
         >>> scope(model, "Hello world", v, at="blocks.6.hook_resid_post").scores   # doctest: +SKIP
     """
-    call = _setup(
+    from jacobian_scopes import batch
+
+    (result,) = batch.scope_batch(
         model,
-        prompt,
-        position=position,
+        [prompt],
+        [direction],
+        at=at,
+        position=[position],
         prepend_bos=prepend_bos,
         sources=sources,
         freeze=freeze,
         fwd_hooks=fwd_hooks,
+        return_vectors=return_vectors,
         checkpoint=checkpoint,
     )
-    if not isinstance(direction, Tensor):
-        direction = torch.as_tensor(direction)
-    if not direction.is_floating_point():
-        raise ScopeInputError(f"direction must be a float tensor, got dtype {direction.dtype}")
-    if not torch.isfinite(direction).all():
-        raise ScopeInputError("direction contains NaN or inf")
-    if at is not None and not call.adapter.has_hook(at):
-        raise ScopeInputError(f"{at!r} is not a hook of this model (see model.hook_dict)")
-    with call.trace(at=at) as tr:
-        assert tr.logits is not None
-        v = direction.to(device=call.adapter.device, dtype=tr.explanandum.dtype)
-        pb = tr.pullback(
-            [call.position], v[None, None], keep_vectors=return_vectors, keep_dots=True
-        )
-        logits = tr.logits.detach()
-    scores = {k: s[0].sqrt() for k, s in call.squared(pb).items()}
-    params = {"at": at or call.adapter.final_state.label, "direction_norm": float(direction.norm())}
-    return _result(
-        call,
-        "direction",
-        scores,
-        logits,
-        call.tokens,
-        [call.position],
-        params,
-        vectors=_vectors(call, pb),
-        first_order=call.first_order(pb),
-    )
+    return result
