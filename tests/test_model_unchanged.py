@@ -8,6 +8,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
+from jacobian_scopes import baselines
 from jacobian_scopes.guard import model_fingerprint
 
 CALLS = {
@@ -22,6 +23,11 @@ CALLS = {
         m, t, torch.ones(helpers.D_MODEL), at="blocks.0.hook_resid_post"
     ),
     "layers": lambda m, t: js.semantic_scope(m, t, 11, sources="resid_pre", freeze=["norm_scale"]),
+    "attention": lambda m, t: baselines.attention(m, t, method="rollout"),
+    "gradient_norm": lambda m, t: baselines.gradient_norm(m, t),
+    "input_x_gradient": lambda m, t: baselines.input_x_gradient(m, t, 11),
+    "integrated_gradients": lambda m, t: baselines.integrated_gradients(m, t, n_steps=3),
+    "occlusion": lambda m, t: baselines.occlusion(m, t, replace="token", batch_size=2),
 }
 
 
@@ -70,11 +76,16 @@ def test_model_is_exactly_as_before_after_an_exception_inside_a_user_hook(tiny):
     def boom(x, hook):
         raise RuntimeError("boom from a user hook")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        js.semantic_scope(
-            model, helpers.tokens(6), 11, fwd_hooks=[("blocks.1.hook_resid_pre", boom)]
-        )
-    assert_same(before, model_fingerprint(model))
+    hooks = [("blocks.1.hook_resid_pre", boom)]
+    for call in (
+        lambda t: js.semantic_scope(model, t, 11, fwd_hooks=hooks),
+        lambda t: baselines.integrated_gradients(model, t, fwd_hooks=hooks),
+        lambda t: baselines.occlusion(model, t, fwd_hooks=hooks),
+        lambda t: baselines.attention(model, t, fwd_hooks=hooks),
+    ):
+        with pytest.raises(RuntimeError, match="boom"):
+            call(helpers.tokens(6))
+        assert_same(before, model_fingerprint(model))
 
 
 def test_model_is_exactly_as_before_after_an_error_in_the_backward_phase(tiny):
