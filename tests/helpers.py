@@ -284,3 +284,12 @@ def fisher_trace(J: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
 
 def clone_model(model):
     return copy.deepcopy(model)
+
+
+def warmed_model(kind: str, arch: str = "gpt2"):
+    """A tiny model after one forward pass: the Bridge adds torch hooks of its own on its
+    first forward, so a fingerprint taken afterwards sees the model as users hold it."""
+    model = make_model(kind, arch)
+    with torch.no_grad():
+        model(tokens(3)[None])
+    return model

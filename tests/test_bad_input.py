@@ -7,23 +7,12 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes.guard import model_fingerprint
-from test_model_unchanged import assert_same
+from test_model_unchanged import fails
 
 
 @pytest.fixture
 def model(kind):
-    m = helpers.make_model(kind, "gpt2")
-    with torch.no_grad():  # the Bridge adds hooks of its own on its first forward
-        m(helpers.tokens(3)[None])
-    return m
-
-
-def fails(model, match, call, error=js.ScopeInputError):
-    before = model_fingerprint(model)
-    with pytest.raises(error, match=match):
-        call()
-    assert_same(before, model_fingerprint(model))
+    return helpers.warmed_model(kind)
 
 
 def test_empty_string_prompt(model):

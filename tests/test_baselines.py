@@ -11,8 +11,7 @@ import helpers
 import jacobian_scopes as js
 from jacobian_scopes import baselines
 from jacobian_scopes.adapter import ModelAdapter
-from jacobian_scopes.guard import model_fingerprint
-from test_model_unchanged import assert_same
+from test_model_unchanged import fails
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -286,13 +285,8 @@ def test_attention_rollout_multiplies_residual_mixed_layers(case):
     ],
 )
 def test_bad_input_gets_a_clear_error(kind, call, match):
-    model = helpers.make_model(kind, "gpt2")
-    with torch.no_grad():
-        model(helpers.tokens(3)[None])
-    before = model_fingerprint(model)
-    with pytest.raises(js.ScopeInputError, match=match):
-        call(model, helpers.tokens(6))
-    assert_same(before, model_fingerprint(model))
+    model = helpers.warmed_model(kind)
+    fails(model, match, lambda: call(model, helpers.tokens(6)))
 
 
 def test_baseline_results_render_like_the_scopes(kind, tmp_path):

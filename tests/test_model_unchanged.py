@@ -43,6 +43,14 @@ def assert_same(before, after):
             assert torch.equal(a, b)
 
 
+def fails(model, match, call, error=js.ScopeInputError):
+    """``call()`` raises ``error`` matching ``match``, and leaves ``model`` as it was."""
+    before = model_fingerprint(model)
+    with pytest.raises(error, match=match):
+        call()
+    assert_same(before, model_fingerprint(model))
+
+
 def user_state(model):
     """A model as users leave it: trainable, in train mode, a stale .grad, a hook of theirs."""
     # The Bridge installs torch pre-hooks of its own on its norms during its first forward
