@@ -209,16 +209,7 @@ def _run(
         for start, stop in groups:
             group = [calls[i] for i in order[start:stop]]
             tokens, lengths = pad_batch([c.tokens for c in group], pad)
-            trace = Trace(
-                first.adapter,
-                tokens,
-                sources=first.spec.taps,
-                at=at,
-                fwd_hooks=first.fwd_hooks,
-                freeze=first.freeze,
-                checkpoint=first.checkpoint,
-            )
-            with trace as tr:
+            with first.trace(tokens, at=at) as tr:
                 assert tr.logits is not None
                 logits = tr.logits.detach()
                 rows = [build(tr, logits, b, c) for b, c in enumerate(group)]

@@ -55,10 +55,12 @@ class _Call:
     prepend_bos: bool | None
     checkpoint: bool | None = None
 
-    def trace(self, at: str | None = None) -> Trace:
+    def trace(self, tokens: Tensor, at: str | None = None) -> Trace:
+        """A trace with this call's sources, hooks and freezing over ``tokens``: a padded
+        batch whose rows share them (see :mod:`jacobian_scopes.batch`)."""
         return Trace(
             self.adapter,
-            self.tokens,
+            tokens,
             sources=self.spec.taps,
             at=at,
             fwd_hooks=self.fwd_hooks,
