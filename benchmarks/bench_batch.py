@@ -46,10 +46,10 @@ def one_by_one(model, scope, prompts, targets):
 
 def batched(model, scope, prompts, targets, batch_size):
     if scope == "semantic":
-        return js.semantic_scope_batch(model, prompts, targets, batch_size=batch_size)
+        return js.semantic_scope(model, prompts, targets, batch_size=batch_size)
     if scope == "temperature":
-        return js.temperature_scope_batch(model, prompts, batch_size=batch_size)
-    return js.fisher_scope_batch(model, prompts, batch_size=batch_size)
+        return js.temperature_scope(model, prompts, batch_size=batch_size)
+    return js.fisher_scope(model, prompts, batch_size=batch_size)
 
 
 def timed(fn, device):

@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 
 import jacobian_scopes as js
-from jacobian_scopes import evaluate
 from jacobian_scopes.default_model import HF_NAME
-from jacobian_scopes.methods import default_methods
-from jacobian_scopes.passages import load_lambada
+from jacobian_scopes.eval import evaluate
+from jacobian_scopes.eval.methods import default_methods
+from jacobian_scopes.eval.passages import load_lambada
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("../shared/data/lambada_200.json")  # relative to the repository root
@@ -174,7 +174,7 @@ def main() -> None:
         ig_steps=args.ig_steps,
         seed=args.seed,
         include_token_occlusion=args.token_occlusion,
-        batch_size=min(args.batch_size, 8),
+        internal_batch_size=min(args.batch_size, 8),
     )
     if args.methods is not None:
         unknown = set(args.methods) - {m.name for m in methods} - {"random"}
@@ -192,8 +192,8 @@ def main() -> None:
         include_bos=args.include_bos,
         seed=args.seed,
         results=out / "results.jsonl",
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
+        internal_batch_size=args.batch_size,
+        verbose=not args.no_progress,
     )
     wall = time.perf_counter() - started
 
@@ -256,7 +256,7 @@ def main() -> None:
             passages[: args.randomisation],
             stride=args.randomisation_stride,
             seed=args.seed,
-            progress=not args.no_progress,
+            verbose=not args.no_progress,
         )
         res.per_prompt.to_csv(out / "randomisation.csv", index=False)
         table = res.table().round(3).reset_index()

@@ -9,8 +9,8 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import baselines
 from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.eval import baselines
 from test_model_unchanged import fails
 
 ATOL = 1e-4
@@ -121,7 +121,13 @@ def test_integrated_gradients_equal_the_textbook_sum_on_the_same_nodes(case, rul
     nodes, weights = baselines.quadrature(12, rule)
     expected = brute_ig(model, toks, x, x_base, 11, nodes, weights)
     r = baselines.integrated_gradients(
-        model, toks, 11, n_steps=12, quadrature_rule=rule, batch_size=5, return_vectors=True
+        model,
+        toks,
+        11,
+        n_steps=12,
+        quadrature_rule=rule,
+        internal_batch_size=5,
+        return_vectors=True,
     )
     close(r.vectors, expected, rtol=1e-3, atol=1e-5)
     close(r.scores, expected.sum(-1), rtol=1e-3, atol=1e-5)
@@ -214,7 +220,7 @@ def test_occlusion_kl_and_token_replacement(case):
             pt = torch.log_softmax(model(swapped[None])[0, -1].double(), -1)
             kls.append((p0.exp() * (p0 - pt)).sum())
             drops.append(p0[top1].exp() - pt[top1].exp())
-    kl = baselines.occlusion(model, toks, replace="token", measure="kl", batch_size=3)
+    kl = baselines.occlusion(model, toks, replace="token", measure="kl", internal_batch_size=3)
     close(kl.scores, torch.stack(kls))
     assert kl.target is None
     prob = baselines.occlusion(model, toks, replace="token", measure="prob", replacement=pad)
@@ -281,7 +287,7 @@ def test_attention_rollout_multiplies_residual_mixed_layers(case):
         (lambda m, t: baselines.occlusion(m, t, measure="rank"), "measure must be one of"),
         (lambda m, t: baselines.occlusion(m, t, replace="token", replacement="w1 w2"), "not one"),
         (lambda m, t: baselines.input_x_gradient(m, t, 500), "outside the vocabulary"),
-        (lambda m, t: baselines.occlusion(m, t, batch_size=0), "batch_size"),
+        (lambda m, t: baselines.occlusion(m, t, internal_batch_size=0), "internal_batch_size"),
     ],
 )
 def test_bad_input_gets_a_clear_error(kind, call, match):

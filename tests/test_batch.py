@@ -10,7 +10,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import batch
+from jacobian_scopes import batching
 from jacobian_scopes.guard import model_fingerprint
 from test_model_unchanged import assert_same, fails, user_state
 
@@ -82,25 +82,25 @@ def check(batched, single):
 TARGETS = [11, 12, 13, 14, 15]
 CASES = {
     "semantic_per_prompt_targets": (
-        lambda m, ps: js.semantic_scope_batch(m, ps, TARGETS, return_vectors=True),
+        lambda m, ps: js.semantic_scope(m, ps, TARGETS, return_vectors=True),
         lambda m, ps: [
             js.semantic_scope(m, p, t, return_vectors=True)
             for p, t in zip(ps, TARGETS, strict=True)
         ],
     ),
     "semantic_shared_target_logprob": (
-        lambda m, ps: js.semantic_scope_batch(m, ps, 11, mode="logprob"),
+        lambda m, ps: js.semantic_scope(m, ps, 11, mode="logprob"),
         lambda m, ps: [js.semantic_scope(m, p, 11, mode="logprob") for p in ps],
     ),
     "semantic_contrast_positions": (
-        lambda m, ps: js.semantic_scope_batch(m, ps, 11, foil=12, position=[1, 2, 0, 3, 1]),
+        lambda m, ps: js.semantic_scope(m, ps, 11, foil=12, position=[1, 2, 0, 3, 1]),
         lambda m, ps: [
             js.semantic_scope(m, p, 11, foil=12, position=q)
             for p, q in zip(ps, [1, 2, 0, 3, 1], strict=True)
         ],
     ),
     "semantic_multi_token_of_different_lengths": (
-        lambda m, ps: js.semantic_scope_batch(
+        lambda m, ps: js.semantic_scope(
             m, ps, [[11], [12, 13, 14], [15, 16], [17], [18, 19]], multi_token=True
         ),
         lambda m, ps: [
@@ -109,37 +109,37 @@ CASES = {
         ],
     ),
     "semantic_layerwise": (
-        lambda m, ps: js.semantic_scope_batch(m, ps, 11, sources="resid_pre"),
+        lambda m, ps: js.semantic_scope(m, ps, 11, sources="resid_pre"),
         lambda m, ps: [js.semantic_scope(m, p, 11, sources="resid_pre") for p in ps],
     ),
     "semantic_per_head": (
-        lambda m, ps: js.semantic_scope_batch(m, ps, 11, sources="z", batch_size=2),
+        lambda m, ps: js.semantic_scope(m, ps, 11, sources="z", batch_size=2),
         lambda m, ps: [js.semantic_scope(m, p, 11, sources="z") for p in ps],
     ),
     "temperature": (
-        lambda m, ps: js.temperature_scope_batch(m, ps, return_vectors=True),
+        lambda m, ps: js.temperature_scope(m, ps, return_vectors=True),
         lambda m, ps: [js.temperature_scope(m, p, return_vectors=True) for p in ps],
     ),
     "fisher_sketch": (
-        lambda m, ps: js.fisher_scope_batch(m, ps, seed=3),
+        lambda m, ps: js.fisher_scope(m, ps, seed=3),
         lambda m, ps: [js.fisher_scope(m, p, seed=3) for p in ps],
     ),
     "fisher_exact_decompose": (
-        lambda m, ps: js.fisher_scope_batch(m, ps, method="exact", eps=0.05, decompose=True),
+        lambda m, ps: js.fisher_scope(m, ps, method="exact", eps=0.05, decompose=True),
         lambda m, ps: [js.fisher_scope(m, p, method="exact", eps=0.05, decompose=True) for p in ps],
     ),
     "fisher_exact_summed": (
-        lambda m, ps: js.fisher_scope_batch(m, ps, method="exact", eps=0.0),
+        lambda m, ps: js.fisher_scope(m, ps, method="exact", eps=0.0),
         lambda m, ps: [js.fisher_scope(m, p, method="exact", eps=0.0) for p in ps],
     ),
     "fisher_principal_layerwise": (
-        lambda m, ps: js.fisher_scope_batch(m, ps, method="principal", rank=2, sources="attn_out"),
+        lambda m, ps: js.fisher_scope(m, ps, method="principal", rank=2, sources="attn_out"),
         lambda m, ps: [
             js.fisher_scope(m, p, method="principal", rank=2, sources="attn_out") for p in ps
         ],
     ),
     "direction_at_a_hidden_layer": (
-        lambda m, ps: js.scope_batch(
+        lambda m, ps: js.scope(
             m, ps, torch.linspace(-1, 1, helpers.D_MODEL), at="blocks.1.hook_resid_pre"
         ),
         lambda m, ps: [
@@ -161,7 +161,7 @@ def test_batch_equals_one_by_one(tiny, case):
 def test_predicted_targets_explain_each_prompts_own_top_token(tiny):
     model, _, _ = tiny
     ps = prompts()
-    rs = js.semantic_scope_batch(model, ps, batch_size=2)
+    rs = js.semantic_scope(model, ps, batch_size=2)
     for p, r in zip(ps, rs, strict=True):
         top = r.top_predictions[0].token_id
         assert r.target.ids == [top]
@@ -171,7 +171,7 @@ def test_predicted_targets_explain_each_prompts_own_top_token(tiny):
 def test_a_none_in_the_targets_explains_that_prompts_prediction(kind):
     model = helpers.make_model(kind, "gpt2")
     ps = prompts()[:3]
-    rs = js.semantic_scope_batch(model, ps, [11, None, 12])
+    rs = js.semantic_scope(model, ps, [11, None, 12])
     assert [r.target.ids for r in rs[::2]] == [[11], [12]]
     assert rs[1].target.ids == [rs[1].top_predictions[0].token_id]
 
@@ -179,15 +179,15 @@ def test_a_none_in_the_targets_explains_that_prompts_prediction(kind):
 def test_results_do_not_depend_on_the_batch_size_or_the_order(tiny):
     model, _, _ = tiny
     ps = prompts()
-    ref = js.temperature_scope_batch(model, ps, batch_size=1)
-    check(js.temperature_scope_batch(model, ps, batch_size=2), ref)
-    check(js.temperature_scope_batch(model, ps[::-1], batch_size=3), ref[::-1])
+    ref = js.temperature_scope(model, ps, batch_size=1)
+    check(js.temperature_scope(model, ps, batch_size=2), ref)
+    check(js.temperature_scope(model, ps[::-1], batch_size=3), ref[::-1])
 
 
 def test_string_prompts_are_tokenised_one_by_one_with_bos(kind):
     model = helpers.make_model(kind, "llama")
     texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]
-    rs = js.semantic_scope_batch(model, texts, "w11")
+    rs = js.semantic_scope(model, texts, "w11")
     check(rs, [js.semantic_scope(model, t, "w11") for t in texts])
     assert [r.n_tokens for r in rs] == [4, 2, 7] and all(r.bos for r in rs)
 
@@ -198,9 +198,13 @@ def test_junk_in_the_padded_positions_changes_nothing(tiny, scope, monkeypatch):
     score, to the last bit, stays the same."""
     model, _, _ = tiny
     ps = prompts()
-    options = {"semantic": {"targets": 11}, "temperature": {}, "fisher": {"method": "exact"}}
-    clean = batch.run_batch(model, ps, scope, batch_size=5, **options[scope])
-    real_pad = batch.pad_batch
+    run = {
+        "semantic": lambda: js.semantic_scope(model, ps, 11, batch_size=5),
+        "temperature": lambda: js.temperature_scope(model, ps, batch_size=5),
+        "fisher": lambda: js.fisher_scope(model, ps, method="exact", batch_size=5),
+    }[scope]
+    clean = run()
+    real_pad = batching.pad_batch
     g = torch.Generator().manual_seed(0)
 
     def junk(rows, pad_id):
@@ -209,8 +213,8 @@ def test_junk_in_the_padded_positions_changes_nothing(tiny, scope, monkeypatch):
             out[b, n:] = torch.randint(4, helpers.VOCAB, (out.shape[1] - n,), generator=g)
         return out, lengths
 
-    monkeypatch.setattr(batch, "pad_batch", junk)
-    dirty = batch.run_batch(model, ps, scope, batch_size=5, **options[scope])
+    monkeypatch.setattr(js.call, "pad_batch", junk)
+    dirty = run()
     for a, b in zip(clean, dirty, strict=True):
         assert torch.equal(a.scores, b.scores)
 
@@ -220,8 +224,8 @@ def test_padded_positions_receive_exactly_zero_gradient(tiny):
     model, _, _ = tiny
     adapter = js.adapter.ModelAdapter(model)
     rows = [helpers.tokens(3, seed=1)[None], helpers.tokens(8, seed=2)[None]]
-    tokens, lengths = batch.pad_batch(rows, pad_id=5)
-    with js.Trace(adapter, tokens, sources=["hook_embed", "blocks.1.hook_resid_pre"]) as tr:
+    tokens, lengths = batching.pad_batch(rows, pad_id=5)
+    with js.engine.Trace(adapter, tokens, sources=["hook_embed", "blocks.1.hook_resid_pre"]) as tr:
         dirs = torch.randn(2, 2, 1, helpers.D_MODEL, generator=torch.Generator().manual_seed(0))
         pb = tr.pullback(torch.tensor([[2], [7]]), dirs)
     for sq in pb.squared.values():
@@ -233,33 +237,31 @@ def test_model_is_unchanged_after_a_batch_and_after_a_failing_batch(tiny):
     model, _, _ = tiny
     user_state(model)
     before = model_fingerprint(model)
-    js.fisher_scope_batch(model, prompts(), batch_size=2)
-    js.semantic_scope_batch(model, prompts(), 11, sources="resid_pre")
+    js.fisher_scope(model, prompts(), batch_size=2)
+    js.semantic_scope(model, prompts(), 11, sources="resid_pre")
     assert_same(before, model_fingerprint(model))
 
     def boom(x, hook):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        js.temperature_scope_batch(model, prompts(), fwd_hooks=[("blocks.0.hook_resid_post", boom)])
+        js.temperature_scope(model, prompts(), fwd_hooks=[("blocks.0.hook_resid_post", boom)])
     assert_same(before, model_fingerprint(model))
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda m: js.semantic_scope_batch(m, "w1 w2", 11), "list of prompts"),
-        (lambda m: js.semantic_scope_batch(m, [], 11), "empty"),
-        (lambda m: js.semantic_scope_batch(m, prompts(), [11, 12]), "2 entries for 5 prompts"),
-        (lambda m: js.semantic_scope_batch(m, prompts(), 11, batch_size=0), "batch_size"),
-        (lambda m: js.semantic_scope_batch(m, prompts(), multi_token=True), "needs targets"),
-        (lambda m: js.temperature_scope_batch(m, prompts(), position=[0, 1]), "position"),
-        (lambda m: js.fisher_scope_batch(m, prompts(), position=9), "out of range"),
-        (lambda m: js.fisher_scope_batch(m, prompts(), method="full"), "Fisher method"),
-        (lambda m: js.scope_batch(m, prompts(), torch.ones(3)), "shape"),
-        (lambda m: js.scope_batch(m, prompts(), torch.ones(helpers.D_MODEL), at="x"), "not a hook"),
-        (lambda m: batch.run_batch(m, prompts(), "entropy"), "unknown scope"),
-        (lambda m: js.semantic_scope_batch(m, [helpers.tokens(3), "", "w1"], 11), "empty"),
+        (lambda m: js.semantic_scope(m, [], 11), "empty"),
+        (lambda m: js.semantic_scope(m, prompts(), [11, 12]), "2 entries for 5 prompts"),
+        (lambda m: js.semantic_scope(m, prompts(), 11, batch_size=0), "batch_size"),
+        (lambda m: js.semantic_scope(m, prompts(), multi_token=True), "needs a target"),
+        (lambda m: js.temperature_scope(m, prompts(), position=[0, 1]), "position"),
+        (lambda m: js.fisher_scope(m, prompts(), position=9), "out of range"),
+        (lambda m: js.fisher_scope(m, prompts(), method="full"), "Fisher method"),
+        (lambda m: js.scope(m, prompts(), torch.ones(3)), "shape"),
+        (lambda m: js.scope(m, prompts(), torch.ones(helpers.D_MODEL), at="x"), "not a hook"),
+        (lambda m: js.semantic_scope(m, [helpers.tokens(3), "", "w1"], 11), "empty"),
     ],
 )
 def test_bad_input_gets_a_clear_error(kind, call, match):
@@ -271,18 +273,54 @@ def test_temperature_batch_refuses_a_folded_final_norm(kind):
     folded = helpers.processed_copy(
         kind, "gpt2", fold_ln=True, center_writing_weights=False, center_unembed=False
     )
-    with pytest.raises(js.TemperatureUndefinedError):
-        js.temperature_scope_batch(folded, prompts())
+    with pytest.raises(js.errors.TemperatureUndefinedError):
+        js.temperature_scope(folded, prompts())
 
 
 def test_grouping_caps_rows_and_padding():
-    assert batch.group_by_length([5] * 10, batch_size=4) == [(0, 4), (4, 8), (8, 10)]
-    assert batch.group_by_length([120, 20, 20, 20, 18], batch_size=8) == [(0, 2), (2, 5)]
-    assert batch.group_by_length([9], batch_size=1) == [(0, 1)]
-    groups = batch.group_by_length([64, 60, 40, 33, 30, 8, 7, 2], batch_size=8)
+    assert batching.group_by_length([5] * 10, batch_size=4) == [(0, 4), (4, 8), (8, 10)]
+    assert batching.group_by_length([120, 20, 20, 20, 18], batch_size=8) == [(0, 2), (2, 5)]
+    assert batching.group_by_length([9], batch_size=1) == [(0, 1)]
+    groups = batching.group_by_length([64, 60, 40, 33, 30, 8, 7, 2], batch_size=8)
     lengths = [64, 60, 40, 33, 30, 8, 7, 2]
     for start, stop in groups:
         real = sum(lengths[start:stop])
         assert stop - start == 1 or real >= 0.5 * (stop - start) * lengths[start]
     assert groups[0][0] == 0 and groups[-1][1] == 8
     assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))
+
+
+def test_one_prompt_gives_a_result_and_several_give_results(kind):
+    model = helpers.make_model(kind, "llama")
+    one = js.semantic_scope(model, "w1 w2 w3", "w4")
+    assert isinstance(one, js.ScopeResult)
+    ids = model.to_tokens("w1 w2 w3")  # (1, pos): one prompt, as TransformerLens returns it
+    assert isinstance(js.semantic_scope(model, ids, "w4"), js.ScopeResult)
+    assert isinstance(js.semantic_scope(model, ids[0].tolist(), "w4"), js.ScopeResult)
+    many = js.semantic_scope(model, ["w1 w2 w3", "w5 w6"], ["w4", "w7"])
+    assert isinstance(many, js.ScopeResults) and len(many) == 2
+    torch.testing.assert_close(many[0].scores, one.scores, rtol=1e-4, atol=1e-6)
+    rows = torch.cat([ids, model.to_tokens("w5 w6 w7")[:, :4]])  # (2, pos): two prompts
+    two = js.temperature_scope(model, rows)
+    assert isinstance(two, js.ScopeResults) and [r.n_tokens for r in two] == [4, 4]
+    assert torch.equal(two[1].tokens, rows[1].cpu())
+
+
+def test_results_of_several_prompts_save_show_and_tabulate_together(kind, tmp_path):
+    model = helpers.make_model(kind, "llama")
+    rs = js.semantic_scope(model, ["w1 w2 w3", "w5 w6"], ["w4", "w7"])
+    frame = rs.to_dataframe()
+    assert list(frame.prompt_index.unique()) == [0, 1]
+    assert len(frame) == sum(r.n_tokens for r in rs)
+    back = js.load(rs.save(tmp_path / "rs.json"))
+    assert isinstance(back, js.ScopeResults)
+    assert [torch.equal(a.scores, b.scores) for a, b in zip(back, rs, strict=True)] == [True, True]
+    page = rs.save_html(tmp_path / "rs.html").read_text()
+    assert page.count("ColoredTokens") >= 2
+
+
+def test_a_misspelt_option_is_refused_like_a_python_keyword(kind):
+    model = helpers.make_model(kind, "llama")
+    for call in (js.semantic_scope, js.temperature_scope, js.fisher_scope):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'postion'"):
+            call(model, "w1 w2", postion=0)

@@ -27,7 +27,7 @@ CALLS = {
     ),
     "temperature": lambda m, t, c: js.temperature_scope(m, t, checkpoint=c),
     "fisher": lambda m, t, c: js.fisher_scope(m, t, method="exact", checkpoint=c),
-    "batch": lambda m, t, c: js.semantic_scope_batch(m, [t, t[:5]], 11, checkpoint=c)[1],
+    "batch": lambda m, t, c: js.semantic_scope(m, [t, t[:5]], 11, checkpoint=c)[1],
 }
 
 

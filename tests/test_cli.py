@@ -61,7 +61,7 @@ def test_attribute_from_a_local_directory_writes_json_and_csv(hf_dir, tmp_path, 
 
 @needs_bridge
 def test_generate_from_a_local_directory(hf_dir, tmp_path, capsys):
-    argv = ["generate", "--model", hf_dir, "--prompt", "w1 w2 w3", "--n-tokens", "4"]
+    argv = ["generate", "--model", hf_dir, "--prompt", "w1 w2 w3", "--max-new-tokens", "4"]
     argv += ["--scope", "fisher", "--sample", "--seed", "3", "--out", tmp_path / "g.json"]
     code, out, err = run(argv, capsys)
     assert code == 0, err
@@ -140,7 +140,10 @@ BAD = {
     "bad position": (["attribute", "--prompt", "w1 w2", "--position", "7"], "out of range"),
     "bad source": (["attribute", "--prompt", "w1", "--sources", "nowhere"], "not a hook"),
     "multi-token target": (["attribute", "--prompt", "w1", "--target", "w2 w3"], "not one"),
-    "bad n-tokens": (["generate", "--prompt", "w1", "--n-tokens", "0"], "n_tokens"),
+    "bad max-new-tokens": (
+        ["generate", "--prompt", "w1", "--max-new-tokens", "0"],
+        "max-new-tokens",
+    ),
 }
 
 
@@ -165,7 +168,7 @@ def test_bad_input_exits_with_status_2_and_one_clear_line(tiny_loaded, tmp_path,
 def test_bad_jsonl_names_the_line(tmp_path, lines, match):
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(lines))
-    with pytest.raises(js.ScopeInputError, match=match):
+    with pytest.raises(js.errors.ScopeInputError, match=match):
         cli.read_prompts(path)
 
 
@@ -177,7 +180,8 @@ def test_html_output_of_attribute_and_generate(tiny_loaded, tmp_path, capsys):
     page = (tmp_path / "a.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("ColoredTokens") >= 2
     code, _, err = run(
-        ["generate", "--prompt", "w1 w2", "--n-tokens", "3", "--out", tmp_path / "g.html"], capsys
+        ["generate", "--prompt", "w1 w2", "--max-new-tokens", "3", "--out", tmp_path / "g.html"],
+        capsys,
     )
     assert code == 0, err
     page = (tmp_path / "g.html").read_text()

@@ -21,6 +21,6 @@ MODULES = [
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
-    module = importlib.import_module(f"jacobian_scopes.{name}")
+    module = importlib.import_module(f"jacobian_scopes.eval.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -12,11 +12,11 @@ import torch
 import helpers
 import jacobian_scopes as js
 import toy
-from jacobian_scopes import baselines, evaluate, stats
 from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.eval import baselines, evaluate, stats
+from jacobian_scopes.eval.methods import Method, default_methods, random_method
+from jacobian_scopes.eval.passages import Passage
 from jacobian_scopes.guard import model_fingerprint
-from jacobian_scopes.methods import Method, default_methods, random_method
-from jacobian_scopes.passages import Passage
 from test_model_unchanged import assert_same, user_state
 
 
@@ -37,7 +37,7 @@ def toy_run(kind):
     model = toy.make_toy(kind)
     prompts = [t for t, _, _ in toy.prompts(12)]
     methods = [ORACLE, ANTI, OCCLUSION, SEMANTIC, GRADIENT]
-    ev = evaluate.evaluate(model, prompts, methods, progress=False)
+    ev = evaluate.evaluate(model, prompts, methods, verbose=False)
     return ev, ev.summary(n_boot=200)
 
 
@@ -96,7 +96,7 @@ def test_metrics_match_a_hand_computation(tiny):
         [toks],
         [Method("fixed", lambda m, t, y: fixed)],
         random_baseline=False,
-        progress=False,
+        verbose=False,
     )
     rec = ev.records.set_index("method").loc["fixed"]
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_bos_is_deleted_only_when_asked(kind):
     model = helpers.make_model(kind, "gpt2")
     toks = helpers.tokens(12, seed=4)
     bos_first = Method("bos_first", lambda m, t, y: torch.arange(12, 0, -1).float())
-    kw = {"random_baseline": False, "progress": False, "metrics": ("aopc",)}
+    kw = {"random_baseline": False, "verbose": False, "metrics": ("aopc",)}
     with torch.no_grad():
         top1 = int(model(toks[None])[0, -1].argmax())
     base = logprob_with_zeroed(model, toks, [], top1)
@@ -146,7 +146,7 @@ def test_the_reference_itself_agrees_perfectly_with_leave_one_out(tiny):
     model, _, _ = tiny
     kl = Method("kl", lambda m, t, y: baselines.occlusion(m, t, measure="kl"))
     prompts = [helpers.tokens(9, seed=s) for s in range(3)]
-    ev = evaluate.loo_agreement(model, prompts, [kl], progress=False)
+    ev = evaluate.loo_agreement(model, prompts, [kl], verbose=False)
     s = ev.summary(n_boot=100)
     assert s.loc["kl", "loo_spearman"] == pytest.approx(1.0)
     assert abs(s.loc["random", "loo_spearman"]) < 0.9
@@ -170,7 +170,7 @@ def test_a_results_file_resumes_where_it_stopped(kind, tmp_path):
     path = tmp_path / "run.jsonl"
     prompts = [helpers.tokens(8, seed=s) for s in range(3)]
     calls: list[int] = []
-    kw = {"results": path, "progress": False, "metrics": ("aopc",)}
+    kw = {"results": path, "verbose": False, "metrics": ("aopc",)}
     first = evaluate.evaluate(model, prompts, [counting(calls)], **kw)
     assert len(calls) == 3 and set(first.methods) == {"ixg", "ixg_norm", "random"}
     again = evaluate.evaluate(model, prompts, [counting(calls)], **kw)
@@ -181,7 +181,7 @@ def test_a_results_file_resumes_where_it_stopped(kind, tmp_path):
     assert len(calls) == 4 and len(more.passages) == 4
     # a new metric reuses the stored scores: no attribution is recomputed
     both = evaluate.evaluate(
-        model, prompts, [counting(calls)], results=path, progress=False, metrics=("aopc", "loo")
+        model, prompts, [counting(calls)], results=path, verbose=False, metrics=("aopc", "loo")
     )
     assert len(calls) == 4 and both.records["loo_spearman"].notna().all()
     # an interrupted write leaves a torn last line, which is skipped
@@ -190,7 +190,7 @@ def test_a_results_file_resumes_where_it_stopped(kind, tmp_path):
     evaluate.evaluate(model, prompts, [counting(calls)], **kw)
     assert len(calls) == 4
     assert all(json.loads(line) for line in path.read_text().splitlines())
-    with pytest.raises(js.ScopeInputError, match="other settings"):
+    with pytest.raises(js.errors.ScopeInputError, match="other settings"):
         evaluate.evaluate(model, prompts, [counting(calls)], fractions=(0.1, 0.3), **kw)
 
 
@@ -199,7 +199,7 @@ def test_evaluation_leaves_the_model_as_before(tiny):
     user_state(model)
     before = model_fingerprint(model)
     methods = [m for m in default_methods(ig_steps=2) if m.name != "temperature"]
-    evaluate.evaluate(model, [helpers.tokens(8)], methods, progress=False)
+    evaluate.evaluate(model, [helpers.tokens(8)], methods, verbose=False)
     assert_same(before, model_fingerprint(model))
 
 
@@ -211,7 +211,7 @@ def test_every_default_method_runs_and_is_summarised(kind):
         prompts,
         default_methods(ig_steps=2, include_token_occlusion=True),
         explain="reference",
-        progress=False,
+        verbose=False,
     )
     s = ev.summary(n_boot=50)
     expected = {o for m in default_methods(include_token_occlusion=True) for o in m.outputs}
@@ -235,13 +235,13 @@ def test_every_default_method_runs_and_is_summarised(kind):
         ({"eraser_bins": (0.0, 0.5)}, r"\(0, 1\]"),
         ({"metrics": ("accuracy",)}, "metrics must be"),
         ({"explain": "reference"}, "has no target"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"internal_batch_size": 0}, "internal_batch_size"),
     ],
 )
 def test_bad_settings_get_a_clear_error(kind, kwargs, match):
     model = helpers.make_model(kind, "gpt2")
-    with pytest.raises(js.ScopeInputError, match=match):
-        evaluate.evaluate(model, [helpers.tokens(6)], [ORACLE], progress=False, **kwargs)
+    with pytest.raises(js.errors.ScopeInputError, match=match):
+        evaluate.evaluate(model, [helpers.tokens(6)], [ORACLE], verbose=False, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -253,10 +253,10 @@ def test_bad_settings_get_a_clear_error(kind, kwargs, match):
 )
 def test_a_broken_method_gets_a_clear_error(kind, fn, match):
     model = helpers.make_model(kind, "gpt2")
-    with pytest.raises(js.ScopeInputError, match=match):
-        evaluate.evaluate(model, [helpers.tokens(6)], [Method("broken", fn)], progress=False)
-    with pytest.raises(js.ScopeInputError, match="distinct"):
-        evaluate.evaluate(model, [helpers.tokens(6)], [ORACLE, ORACLE], progress=False)
+    with pytest.raises(js.errors.ScopeInputError, match=match):
+        evaluate.evaluate(model, [helpers.tokens(6)], [Method("broken", fn)], verbose=False)
+    with pytest.raises(js.errors.ScopeInputError, match="distinct"):
+        evaluate.evaluate(model, [helpers.tokens(6)], [ORACLE, ORACLE], verbose=False)
 
 
 def test_the_random_order_is_reproducible_per_passage():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import jacobian_scopes as js
-from jacobian_scopes import baselines, evaluate
+from jacobian_scopes.eval import baselines, evaluate
+from jacobian_scopes.eval.methods import Method
 from jacobian_scopes.guard import model_fingerprint
-from jacobian_scopes.methods import Method
 from test_model_unchanged import assert_same
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -43,7 +43,7 @@ def test_deleting_what_occlusion_ranks_first_hurts_more_than_random(smollm):
         "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a",
     ]
     occ = Method("occlusion", lambda m, t, y: baselines.occlusion(m, t, y), leave_one_out=True)
-    ev = evaluate.aopc(smollm, prompts, [occ], progress=False)
+    ev = evaluate.aopc(smollm, prompts, [occ], verbose=False)
     s = ev.summary(n_boot=100)
     assert s.loc["occlusion", "aopc"] < s.loc["random", "aopc"]
     assert (ev.passages["n_ranked"] == ev.passages["n_tokens"] - 1).all()  # BOS kept

@@ -148,15 +148,17 @@ def test_model_is_unchanged(tiny):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"n_tokens": 0}, "n_tokens"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"scope": "entropy"}, "unknown scope"),
         ({"do_sample": True, "temperature": 0.0}, "temperature"),
         ({"top_k": 0}, "top_k"),
         ({"mode": "prob"}, "mode"),
         ({"scope": "fisher", "method": "full"}, "Fisher method"),
-        ({"n_tokens": helpers.N_CTX}, "context"),
+        ({"max_new_tokens": helpers.N_CTX}, "context"),
     ],
 )
 def test_bad_input_gets_a_clear_error(kind, kwargs, match):
     model = helpers.warmed_model(kind)
-    fails(model, match, lambda: js.generate_scope(model, prompt(), **{"n_tokens": 3, **kwargs}))
+    fails(
+        model, match, lambda: js.generate_scope(model, prompt(), **{"max_new_tokens": 3, **kwargs})
+    )

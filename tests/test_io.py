@@ -94,7 +94,7 @@ def test_special_values_dtypes_and_containers_round_trip(tmp_path):
         str_tokens=["<bos>", ' "quoted"', "\n", "é", "<img/src=x>", "$tensor", "\\", "\x00"],
         position=7,
         positions=[7],
-        top_predictions=[js.Prediction(3, " x", 0.25)],
+        top_predictions=[js.results.Prediction(3, " x", 0.25)],
         params={
             "nan": math.nan,
             "inf": -math.inf,
@@ -103,7 +103,7 @@ def test_special_values_dtypes_and_containers_round_trip(tmp_path):
         },
         processing={"fold_ln": False},
         model_name="m",
-        target=js.Target([3], [" x"], "contrast", 4, " y"),
+        target=js.results.Target([3], [" x"], "contrast", 4, " y"),
         first_order=torch.tensor([1.0, -2.5], dtype=torch.bfloat16).repeat(4),
         vectors={
             "a": torch.randn(8, 2, dtype=torch.float64),
@@ -138,7 +138,7 @@ def test_loading_needs_no_model_and_imports_no_transformer_lens(tmp_path):
 
 def test_dataframe_and_csv_export(kind, tmp_path):
     model = helpers.make_model(kind, "gpt2")
-    rs = js.semantic_scope_batch(model, [helpers.tokens(4), helpers.tokens(6, seed=3)], 11)
+    rs = js.semantic_scope(model, [helpers.tokens(4), helpers.tokens(6, seed=3)], 11)
     path = rs[0].to_csv(tmp_path / "one.csv")
     one = pd.read_csv(path)
     assert list(one.columns) == ["index", "token", "token_id", "score"]
@@ -234,7 +234,7 @@ def test_broken_or_hostile_files_get_a_clear_error(tmp_path, case):
     doc, match = BROKEN[case]
     if callable(doc):
         doc = edit(valid_document(tmp_path), doc)
-    with pytest.raises(js.ResultFileError, match=match):
+    with pytest.raises(js.errors.ResultFileError, match=match):
         js.load(write(tmp_path, doc))
 
 
@@ -245,20 +245,20 @@ def test_deep_nesting_and_oversized_files_are_refused(tmp_path):
         + "]" * 100_000
         + "}"
     )
-    with pytest.raises(js.ResultFileError, match=r"nested too deeply|not valid"):
+    with pytest.raises(js.errors.ResultFileError, match=r"nested too deeply|not valid"):
         js.load(write(tmp_path, deep))
     nested = {"format": "jacobian-scopes", "version": 1, "content": [[[[[[[[1]]]]]]]]}
     for _ in range(70):
         nested["content"] = [nested["content"]]
-    with pytest.raises(js.ResultFileError, match="nested too deeply"):
+    with pytest.raises(js.errors.ResultFileError, match="nested too deeply"):
         js.load(write(tmp_path, nested))
     path = write(tmp_path, {"format": "jacobian-scopes", "version": 1, "content": "x" * 1000})
-    with pytest.raises(js.ResultFileError, match="over the limit"):
+    with pytest.raises(js.errors.ResultFileError, match="over the limit"):
         js.load(path, max_bytes=100)
-    with pytest.raises(js.ResultFileError, match="cannot read"):
+    with pytest.raises(js.errors.ResultFileError, match="cannot read"):
         js.load(tmp_path / "missing.json")
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(js.ResultFileError, match="UTF-8"):
+    with pytest.raises(js.errors.ResultFileError, match="UTF-8"):
         js.load(tmp_path / "bin.json")
 
 

@@ -161,7 +161,7 @@ def test_resid_mid_includes_the_skip_connection_on_every_model_class(model):
 
 def test_resid_mid_is_refused_for_parallel_blocks(kind):
     m = helpers.make_model(kind, "neox")
-    with pytest.raises(js.ScopeInputError, match=r"parallel|not a hook"):
+    with pytest.raises(js.errors.ScopeInputError, match=r"parallel|not a hook"):
         js.semantic_scope(m, helpers.tokens(5), 11, sources="resid_mid")
 
 
@@ -218,8 +218,10 @@ def test_explanandum_at_an_intermediate_layer_is_attributed_to_earlier_sources(m
     # resid_post of layer 0 *is* resid_pre of layer 1: the Jacobian is the identity
     expected = torch.zeros(6)
     expected[-1] = v.norm()
+    assert r.source_labels == ["blocks.0.hook_resid_post"]  # the shortcut stops at `at`
     close(r.scores[0], expected, rtol=1e-5, atol=1e-5)
-    assert (r.scores[1] == 0).all()  # after the explanandum: no influence
+    with pytest.raises(js.errors.ScopeInputError, match="after the explained"):
+        js.scope(m, toks, v, at=at, sources=["blocks.1.hook_resid_post"])
     emb = js.scope(m, toks, v, at=at)
     assert (emb.scores > 0).all()
 
@@ -254,11 +256,11 @@ def test_public_hooks_work_with_run_with_hooks_and_refuse_a_run_without_them(tin
     logits = m.run_with_hooks(toks[None], fwd_hooks=probe.fwd_hooks)
     close(probe.backward(logits[0, -1, 11]).scores(), js.semantic_scope(m, toks, 11).scores)
     fresh = js.GradientProbe(m)
-    with pytest.raises(js.ScopeInputError, match="never fired"):
+    with pytest.raises(js.errors.ScopeInputError, match="never fired"):
         fresh.backward(logits[0, -1, 11])
     with torch.no_grad():
         quiet = m.run_with_hooks(toks[None], fwd_hooks=fresh.fwd_hooks)
-    with pytest.raises(js.ScopeInputError, match="no_grad"):
+    with pytest.raises(js.errors.ScopeInputError, match="no_grad"):
         fresh.backward(quiet[0, -1, 11])
 
 

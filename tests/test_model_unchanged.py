@@ -8,7 +8,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import baselines
+from jacobian_scopes.eval import baselines
 from jacobian_scopes.guard import model_fingerprint
 
 CALLS = {
@@ -27,7 +27,7 @@ CALLS = {
     "gradient_norm": lambda m, t: baselines.gradient_norm(m, t),
     "input_x_gradient": lambda m, t: baselines.input_x_gradient(m, t, 11),
     "integrated_gradients": lambda m, t: baselines.integrated_gradients(m, t, n_steps=3),
-    "occlusion": lambda m, t: baselines.occlusion(m, t, replace="token", batch_size=2),
+    "occlusion": lambda m, t: baselines.occlusion(m, t, replace="token", internal_batch_size=2),
 }
 
 
@@ -43,7 +43,7 @@ def assert_same(before, after):
             assert torch.equal(a, b)
 
 
-def fails(model, match, call, error=js.ScopeInputError):
+def fails(model, match, call, error=js.errors.ScopeInputError):
     """``call()`` raises ``error`` matching ``match``, and leaves ``model`` as it was."""
     before = model_fingerprint(model)
     with pytest.raises(error, match=match):
@@ -100,7 +100,7 @@ def test_model_is_exactly_as_before_after_an_error_in_the_backward_phase(tiny):
     model, _, _ = tiny
     user_state(model)
     before = model_fingerprint(model)
-    with pytest.raises(js.ScopeInputError):
+    with pytest.raises(js.errors.ScopeInputError):
         js.scope(model, helpers.tokens(6), torch.ones(3))  # wrong shape, found after forward
     assert_same(before, model_fingerprint(model))
 

@@ -9,9 +9,9 @@ import torch
 
 import helpers
 import jacobian_scopes as js
+from jacobian_scopes.eval.methods import default_methods, random_method
+from jacobian_scopes.eval.sanity import cascade, randomisation_check, reinitialise
 from jacobian_scopes.guard import model_fingerprint
-from jacobian_scopes.methods import default_methods, random_method
-from jacobian_scopes.sanity import cascade, randomisation_check, reinitialise
 from test_model_unchanged import assert_same
 
 
@@ -22,7 +22,7 @@ def test_scores_change_as_the_model_is_randomised_from_the_top(tiny):
     prompts = [helpers.tokens(12, seed=s) for s in range(4)]
     methods = [*default_methods(), random_method()]
     methods = [m for m in methods if m.name not in ("integrated_gradients", "occlusion")]
-    res = randomisation_check(model, prompts, methods, progress=False)
+    res = randomisation_check(model, prompts, methods, verbose=False)
     table = res.table()
     labels = [label for _, label in table.index]
     assert labels == ["none", "unembed", "blocks.1", "blocks.0", "embed"]
@@ -46,7 +46,7 @@ def test_the_cascade_goes_from_the_output_to_the_input(tiny):
     steps = [label for label, _ in cascade(model, stride=2)]
     assert steps == ["unembed", "blocks.0-1", "embed"]
     assert [label for label, _ in cascade(model, include_embed=False)][-1] == "blocks.0"
-    with pytest.raises(js.ScopeInputError, match="stride"):
+    with pytest.raises(js.errors.ScopeInputError, match="stride"):
         cascade(model, stride=0)
 
 

@@ -107,5 +107,5 @@ def test_processing_leaves_logprob_and_fisher_unchanged_on_the_real_model(smollm
     raw = js.semantic_scope(smollm_hooked, prompt, " Paris")
     assert js.semantic_scope(processed, prompt, " Paris").processing["center_unembed"]
     assert not raw.processing["center_unembed"]
-    with pytest.raises(js.TemperatureUndefinedError):
+    with pytest.raises(js.errors.TemperatureUndefinedError):
         js.temperature_scope(processed, prompt)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import jacobian_scopes as js
-from jacobian_scopes import stats
-from jacobian_scopes.passages import Passage, as_passages, load_lambada, split_last_word
-from jacobian_scopes.store import ResultsStore
+from jacobian_scopes.eval import stats
+from jacobian_scopes.eval.passages import Passage, as_passages, load_lambada, split_last_word
+from jacobian_scopes.eval.store import ResultsStore
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lambada_200.json"
 
@@ -31,7 +31,7 @@ def test_spearman_is_the_pearson_correlation_of_average_ranks():
     assert stats.spearman(a, b) == pytest.approx(pearson(ranks_a, ranks_b))
     assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(stats.spearman([1, 1, 1], [1, 2, 3]))
-    with pytest.raises(js.ScopeInputError):
+    with pytest.raises(js.errors.ScopeInputError):
         stats.spearman([1, 2], [1, 2, 3])
 
 
@@ -72,7 +72,7 @@ def test_the_results_store_round_trips_and_guards_its_settings(tmp_path):
     store.put({"type": "method", "passage": "0:a", "name": "m", "aopc": -2.0})  # replaces
     again = ResultsStore(path, {"fractions": [0.05, 0.1]})
     assert again.get("method", "0:a", "m")["aopc"] == -2.0
-    with pytest.raises(js.ScopeInputError, match="other settings"):
+    with pytest.raises(js.errors.ScopeInputError, match="other settings"):
         ResultsStore(path, {"fractions": [0.05]})
     path.write_text(path.read_text() + '{"type": "meth')  # torn, no newline
     torn = ResultsStore(path, {"fractions": [0.05, 0.1]})
@@ -81,16 +81,16 @@ def test_the_results_store_round_trips_and_guards_its_settings(tmp_path):
     assert all(json.loads(line) for line in lines) and len(lines) == 4
     bad = tmp_path / "bad.jsonl"
     bad.write_text('not json\n{"type": "config"}\n')
-    with pytest.raises(js.ScopeInputError, match="not valid JSON"):
+    with pytest.raises(js.errors.ScopeInputError, match="not valid JSON"):
         ResultsStore(bad, {})
 
 
 def test_passages_get_stable_distinct_keys():
     ps = as_passages(["a b", [0, 5, 6], Passage("c", key="mine")])
     assert ps[0].key == as_passages(["a b"])[0].key and ps[2].key == "mine"
-    with pytest.raises(js.ScopeInputError, match="share a key"):
+    with pytest.raises(js.errors.ScopeInputError, match="share a key"):
         as_passages([Passage("x", key="k"), Passage("y", key="k")])
-    with pytest.raises(js.ScopeInputError, match="list of prompts"):
+    with pytest.raises(js.errors.ScopeInputError, match="list of prompts"):
         as_passages("a single string")
     assert split_last_word("It was her \n\n  dream ") == ("It was her", " dream")
 

@@ -28,7 +28,7 @@ def test_beside_attention_rows_are_the_explained_positions_attention(tiny):
     model, _, _ = tiny
     toks = helpers.tokens(9)
     r = js.semantic_scope(model, toks, 5, position=6)
-    view = js.beside_attention(model, r, layers=[1], heads=[0, 2])
+    view = js.viz.beside_attention(model, r, layers=[1], heads=[0, 2])
     assert view.head_names == ["L1H0", "L1H2"]
     _, cache = model.run_with_cache(toks[None], names_filter="blocks.1.attn.hook_pattern")
     pattern = cache["blocks.1.attn.hook_pattern"][0]
@@ -44,13 +44,13 @@ def test_beside_attention_rows_are_the_explained_positions_attention(tiny):
 def test_beside_attention_picks_heads_like_the_scope_by_default(tiny):
     model, _, _ = tiny
     r = js.semantic_scope(model, helpers.tokens(8), 5)
-    view = js.beside_attention(model, r, k=3)
+    view = js.viz.beside_attention(model, r, k=3)
     assert len(view.head_rows) == 3
     sims = [float(row.meta.rsplit(" ", 1)[-1]) for row in view.head_rows]
     assert sims == sorted(sims, reverse=True)
-    everything = js.beside_attention(model, r, layers=[0, 1])
+    everything = js.viz.beside_attention(model, r, layers=[0, 1])
     assert len(everything.head_rows) == 2 * helpers.N_HEADS
-    pairs = js.beside_attention(model, r, heads=[(1, 3), (0, 0)])
+    pairs = js.viz.beside_attention(model, r, heads=[(1, 3), (0, 0)])
     assert pairs.head_names == ["L1H3", "L0H0"]
 
 
@@ -61,7 +61,7 @@ def test_beside_attention_leaves_the_model_as_it_was(tiny):
     model.blocks[0].hook_resid_pre.add_hook(lambda x, hook: seen.append(1))  # the user's own
     model.train()
     before = model_fingerprint(model)
-    js.beside_attention(model, r, layers=0)
+    js.viz.beside_attention(model, r, layers=0)
     assert _same(before, model_fingerprint(model))
     assert model.training and seen  # user's hook ran, and is still there
     model.reset_hooks()
@@ -72,15 +72,15 @@ def test_beside_attention_refuses_bad_selections(tiny):
     model, _, _ = tiny
     r = js.semantic_scope(model, helpers.tokens(6), 5)
     with pytest.raises(ScopeInputError, match="layer 9"):
-        js.beside_attention(model, r, layers=[9])
+        js.viz.beside_attention(model, r, layers=[9])
     with pytest.raises(ScopeInputError, match="head 7"):
-        js.beside_attention(model, r, layers=[0], heads=[7])
+        js.viz.beside_attention(model, r, layers=[0], heads=[7])
     with pytest.raises(ScopeInputError, match="not both"):
-        js.beside_attention(model, r, layers=[0], heads=[(0, 1)])
+        js.viz.beside_attention(model, r, layers=[0], heads=[(0, 1)])
     with pytest.raises(ScopeInputError, match="empty"):
-        js.beside_attention(model, r, layers=[])
+        js.viz.beside_attention(model, r, layers=[])
     with pytest.raises(TypeError):
-        js.beside_attention(torch.nn.Linear(2, 2), r)
+        js.viz.beside_attention(torch.nn.Linear(2, 2), r)
 
 
 def test_drill_down_results_show_as_maps(tiny):
@@ -88,10 +88,10 @@ def test_drill_down_results_show_as_maps(tiny):
     toks = helpers.tokens(6)
     layered = js.semantic_scope(model, toks, 5, sources="resid_pre")
     heads = js.fisher_scope(model, toks, sources="z")
-    lt = js.layer_token_map(layered)
+    lt = js.viz.layer_token_map(layered)
     assert lt.rows == [f"L{i} resid_pre" for i in range(helpers.N_LAYERS)]
     assert torch.allclose(torch.tensor(lt.values), layered.scores)
-    lh = js.layer_head_map(heads)
+    lh = js.viz.layer_head_map(heads)
     assert len(lh.rows) == helpers.N_LAYERS and len(lh.cols) == helpers.N_HEADS
     html = render_document(layered, heads)
     assert html.count("<table") == 3  # resid_pre: layer × token; z: layer × head, layer × token
@@ -125,7 +125,7 @@ def test_liberal_vs_conservative_beside_attention_on_smollm(smollm, tmp_path):
     lib = js.semantic_scope(smollm, case.prompt, " liberal")
     con = js.semantic_scope(smollm, case.prompt, " conservative")
     before = model_fingerprint(smollm)
-    att = js.beside_attention(smollm, lib, k=4)
+    att = js.viz.beside_attention(smollm, lib, k=4)
     assert _same(before, model_fingerprint(smollm))
     cmp = js.compare(lib, con, difference=True)
     assert cmp.shared_scale
@@ -155,7 +155,7 @@ def test_lorenz_time_series_on_smollm(smollm):
     s = js.viz.series_influence(r)
     assert s.values == [float(v) for v in values]
     assert all(len(g) == 2 for g in s.token_groups)  # one token per digit
-    fig = js.plot_series(r)
+    fig = js.viz.plot_series(r)
     fig.savefig(artifact("viz_lorenz_series.png"), dpi=80)
     # The latest values weigh more than the series' average (SCOPES.md §7.4).
     assert max(s.influence[-3:]) > sum(s.influence) / len(s.influence)

@@ -169,20 +169,20 @@ def test_layer_token_map_and_layer_head_map():
         axes=("layer", "head", "token"),
         source_labels=["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"],
     )
-    lt = js.layer_token_map(r)
+    lt = js.viz.layer_token_map(r)
     assert lt.rows == ["L0", "L1"] and len(lt.values[0]) == 4
     assert lt.values[0][1] == pytest.approx(float(scores[0, :, 1].norm()))
-    lh = js.layer_head_map(r)
+    lh = js.viz.layer_head_map(r)
     assert lh.cols == ["H0", "H1", "H2"]
     assert lh.values[1][2] == pytest.approx(float(scores[1, 2, 1:].norm()))  # BOS left out
-    assert js.layer_head_map(r, token=-1).values[0][0] == 3.0
+    assert js.viz.layer_head_map(r, token=-1).values[0][0] == 3.0
     fisher = fake_result(
         ["<bos>", "a"], torch.ones(2, 3, 2), scope="fisher", axes=("layer", "head", "token")
     )
-    assert js.layer_token_map(fisher).values[0][1] == 3.0  # squared norms add
+    assert js.viz.layer_token_map(fisher).values[0][1] == 3.0  # squared norms add
     flat = fake_result(["<bos>", "a"], [1.0, 2.0])
     with pytest.raises(ValueError, match="sources='z'"):
-        js.layer_head_map(flat)
+        js.viz.layer_head_map(flat)
     html = render_document(r)
     assert html.count("<table") == 2 and "rank 1 of" in html
 
@@ -214,7 +214,7 @@ def test_figures_save_in_every_format(fmt, magic):
     )
     toks = ["<bos>"] + [c for v in ["12", "34", "56", "23"] for c in (*v, ",")]
     series = fake_result(toks, torch.rand(len(toks)), scope="temperature", target=None)
-    for fig in (r.plot(), layered.plot(), series.plot("series"), js.plot_series(series)):
+    for fig in (r.plot(), layered.plot(), series.plot("series"), js.viz.plot_series(series)):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt)
         assert buf.getvalue().startswith(magic)
@@ -236,7 +236,7 @@ def test_figure_embeds_as_inline_svg():
 def test_terminal_view_shows_tokens_literally_and_safely():
     r = fake_result(["<bos>", "[bold]x[/bold]", "\x1b[2J", " y\n"], [9.0, 1.0, 2.0, 3.0])
     console = Console(record=True, width=100, color_system="truecolor", file=io.StringIO())
-    js.print_result(r, console=console)
+    js.viz.print_result(r, console=console)
     text = console.export_text()
     assert "[bold]x[/bold]" in text and "\\x1b[2J" in text and "y↵" in text
     assert "\x1b[2J" not in console.export_text(styles=True)

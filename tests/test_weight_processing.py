@@ -54,7 +54,7 @@ def test_raw_logit_scores_change_with_centred_unembedding_and_the_result_records
 @pytest.mark.parametrize("arch", helpers.ARCHS)
 def test_temperature_is_refused_after_fold_ln(kind, arch):
     done = helpers.processed_copy(kind, arch, **FLAGS["fold_ln"])
-    with pytest.raises(js.TemperatureUndefinedError):
+    with pytest.raises(js.errors.TemperatureUndefinedError):
         js.temperature_scope(done, helpers.tokens(5))
 
 

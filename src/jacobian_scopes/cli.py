@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.errors import JacobianScopesError, ScopeInputError
 
 SCOPES = ("semantic", "temperature", "fisher")
 FORMATS = (".json", ".csv", ".html")
@@ -32,7 +34,7 @@ examples:
   jacobian-scopes demo
   jacobian-scopes attribute --prompt "The capital of France is" --target " Paris"
   jacobian-scopes attribute --prompts passages.jsonl --scope fisher --out scores.csv
-  jacobian-scopes generate --prompt "1,2,3,5,8," --n-tokens 12 --scope temperature \\
+  jacobian-scopes generate --prompt "1,2,3,5,8," --max-new-tokens 12 --scope temperature \\
       --out gen.json
 
 models (--model): 'default' is SmolLM2-135M-Instruct, shipped on PyPI and loaded offline;
@@ -46,8 +48,15 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``prog: error: …``), exit status 2, like the library's."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jacobian-scopes",
         description=_wrap(
             "Token-level Jacobian Scopes (Liu et al., 2026) for TransformerLens models: "
@@ -141,12 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model(g)
     g.add_argument("--prompt", required=True, metavar="TEXT")
-    g.add_argument("--n-tokens", type=int, default=16, metavar="N", help="default: %(default)s")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=16, metavar="N", help="default: %(default)s"
+    )
     _scope_options(g)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    g.add_argument(
+        "--seed", type=int, default=0, help="seeds sampling and Fisher's probes (default: 0)"
+    )
     _outputs(g)
     _common(g)
     return parser
@@ -231,11 +244,32 @@ def read_prompts(path: Path) -> list[tuple[str, str | int | None]]:
 
 
 def _check_outputs(paths: list[Path]) -> None:
+    """Refuse an output that cannot be written now, before a model is loaded."""
     for path in paths:
         if path.suffix.lower() not in FORMATS:
             raise ScopeInputError(
                 f"--out {path}: unknown format {path.suffix!r}; use one of {', '.join(FORMATS)}"
             )
+        if path.is_dir():
+            raise ScopeInputError(f"--out {path}: is a directory")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".jacobian-scopes-"):
+                pass
+        except OSError as exc:
+            raise ScopeInputError(f"--out {path}: cannot write there ({exc.strerror})") from None
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ScopeInputError(f"--out {path}: the file is not writable")
+
+
+def _check_scope_options(args: argparse.Namespace) -> None:
+    """Refuse bad numbers before a model is loaded."""
+    if getattr(args, "batch_size", 1) < 1:
+        raise ScopeInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.eps < 1.0:
+        raise ScopeInputError(f"--eps must be in [0, 1), got {args.eps}")
+    if args.top < 0:
+        raise ScopeInputError(f"--top must be 0 or more, got {args.top}")
 
 
 def _sources(value: str | None) -> Any:
@@ -306,12 +340,13 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
-    from jacobian_scopes import batch
+    from jacobian_scopes import scopes
 
     _check_outputs(args.out)
+    _check_scope_options(args)
     pairs = read_prompts(args.prompts) if args.prompts else [(p, None) for p in args.prompt]
-    if any(p == "" for p, _ in pairs):
-        raise ScopeInputError("a prompt is empty")
+    if any(p.strip() == "" for p, _ in pairs):
+        raise ScopeInputError("a prompt is empty (or only white space)")
     if args.scope != "semantic" and (args.target is not None or args.foil is not None):
         raise ScopeInputError(f"--target and --foil apply to the semantic scope, not {args.scope}")
     model = _load(args.model, args.device, console)
@@ -320,21 +355,19 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
         "position": args.position,
         "sources": _sources(args.sources),
         "batch_size": args.batch_size,
-        "progress": not args.quiet,
+        "verbose": not args.quiet,
     }
     if args.no_bos:
         common["prepend_bos"] = False
     if args.scope == "semantic":
         targets = [t if t is not None else args.target for _, t in pairs]
-        results = batch.semantic_scope_batch(
+        results = scopes.semantic_scope(
             model, prompts, targets, mode=args.mode, foil=args.foil, **common
         )
     elif args.scope == "temperature":
-        results = batch.temperature_scope_batch(model, prompts, **common)
+        results = scopes.temperature_scope(model, prompts, **common)
     else:
-        results = batch.fisher_scope_batch(
-            model, prompts, method=args.method, eps=args.eps, **common
-        )
+        results = scopes.fisher_scope(model, prompts, method=args.method, eps=args.eps, **common)
     console.print(attribution_table(results, args.top))
     _write(results, args.out, console, title=f"{args.scope} scope")
     return 0
@@ -345,11 +378,14 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     from jacobian_scopes.generation import generate_scope
 
     _check_outputs(args.out)
+    _check_scope_options(args)
+    if args.max_new_tokens < 1:
+        raise ScopeInputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     model = _load(args.model, args.device, console)
     result = generate_scope(
         model,
         args.prompt,
-        args.n_tokens,
+        args.max_new_tokens,
         args.scope,
         do_sample=args.sample,
         temperature=args.temperature,
@@ -358,7 +394,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
         mode=args.mode,
         method=args.method,
         eps=args.eps,
-        progress=not args.quiet,
+        verbose=not args.quiet,
     )
     console.print(generation_table(result, args.top))
     console.print(Text(f"generated: {''.join(result.generated_tokens)!r}"))
@@ -399,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True, soft_wrap=True)  # one line: easy to grep
     try:
         return COMMANDS[args.command](args, console)
-    except ScopeInputError as exc:
+    except JacobianScopesError as exc:
         # Text, not markup: messages quote tokens and ranges such as "[0, 97)".
         errors.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
         return 2

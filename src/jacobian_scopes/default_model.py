@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -122,7 +122,7 @@ def default_checkpoint() -> Path:
 def load_default_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
-    model_class: str = "auto",
+    model_class: Literal["auto", "bridge", "hooked"] = "auto",
 ) -> Any:
     """SmolLM2-135M-Instruct, fully offline, as a TransformerBridge or a HookedTransformer.
 

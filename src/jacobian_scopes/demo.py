@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jacobian_scopes import batch
 from jacobian_scopes.casestudies import CASES, CaseStudy, lorenz_series, series_prompt
-from jacobian_scopes.generation import GenerationResult, generate_scope
-from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.generation import generate_scope
+from jacobian_scopes.results import GenerationResult, ScopeResult
+from jacobian_scopes.scopes import fisher_scope, semantic_scope, temperature_scope
 
 SCOPE_ORDER = ("semantic", "temperature", "fisher")
 LORENZ_CONTEXT = 40  # values in the prompt (as in casestudies.CASES)
@@ -86,11 +86,9 @@ def run_cases(
     prediction."""
     prompts = [c.prompt for c in cases]
     by_scope = {
-        "semantic": batch.semantic_scope_batch(
-            model, prompts, [c.target for c in cases], progress=progress
-        ),
-        "temperature": batch.temperature_scope_batch(model, prompts, progress=progress),
-        "fisher": batch.fisher_scope_batch(model, prompts, progress=progress),
+        "semantic": semantic_scope(model, prompts, [c.target for c in cases], verbose=progress),
+        "temperature": temperature_scope(model, prompts, verbose=progress),
+        "fisher": fisher_scope(model, prompts, verbose=progress),
     }
     runs = []
     for i, case in enumerate(cases):
@@ -116,7 +114,7 @@ def run_generation(
     before. The true continuation of the series is kept for comparison."""
     values = lorenz_series(LORENZ_CONTEXT + n_tokens)
     prompt = series_prompt(values[:LORENZ_CONTEXT])
-    result = generate_scope(model, prompt, n_tokens, "temperature", progress=progress)
+    result = generate_scope(model, prompt, n_tokens, "temperature", verbose=progress)
     return {
         "prompt": prompt,
         "result": result,

@@ -13,6 +13,13 @@ Then the scalar ``L = Σ_p vₚ · a[p]`` is differentiated for a batch of direc
 at once (``torch.autograd.grad(..., is_grads_batched=True)``) and every vector-Jacobian
 product is reduced on the spot to squared norms per token. The T × d × d Jacobian is
 never formed, and parameters never receive gradients.
+
+This module is the documented entry for advanced users who build their own scopes:
+:class:`Trace` (a forward pass prepared for pullbacks), :class:`GradientTap`,
+:class:`Capture`, :class:`Pullback`, :func:`checkpointed_blocks`, and
+:class:`~jacobian_scopes.adapter.ModelAdapter` (re-exported here), the one place that
+knows the two TransformerLens model classes apart. For hooks in your own forward pass,
+:class:`jacobian_scopes.GradientProbe` is simpler.
 """
 
 from __future__ import annotations
@@ -30,8 +37,7 @@ from torch import Tensor
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import frozen
-
-HookList = Sequence[tuple[Any, Callable[..., Any]]]
+from jacobian_scopes.options import HookList
 
 
 class GradientTap:
@@ -84,7 +90,8 @@ class Capture:
         self.value = args[0]
 
 
-def _detach_hook(tensor: Tensor, hook: Any) -> Tensor:
+def detach_hook(tensor: Tensor, hook: Any) -> Tensor:
+    """TransformerLens hook that cuts the gradient through an activation (linearisation)."""
     return tensor.detach()
 
 
@@ -164,7 +171,7 @@ class Trace:
     # user's interventions first (the scope explains the intervened run), then the
     # linearisation, then the taps, and the capture last so it sees the final value.
     def hooks(self) -> list[tuple[Any, Callable[..., Any]]]:
-        linear = [(name, _detach_hook) for name in self.freeze]
+        linear = [(name, detach_hook) for name in self.freeze]
         taps = [(tap.name, tap) for tap in self.taps.values()]
         capture = [] if self._capture_hook is None else [(self._capture_hook, self.capture)]
         return [*self.user_hooks, *linear, *taps, *capture]
@@ -408,16 +415,15 @@ def _vjp(
         ]
 
 
-@contextmanager
-def trace(
-    adapter: ModelAdapter,
-    tokens: Int[Tensor, "1 pos"],
-    sources: Sequence[str],
-    at: str | None = None,
-    fwd_hooks: HookList = (),
-    freeze: Sequence[str] = (),
-    checkpoint: bool | None = None,
-) -> Iterator[Trace]:
-    """Functional spelling of :class:`Trace`."""
-    with Trace(adapter, tokens, sources, at, fwd_hooks, freeze, checkpoint) as tr:
-        yield tr
+__all__ = [
+    "CHECKPOINT_ABOVE_BYTES",
+    "Capture",
+    "GradientTap",
+    "ModelAdapter",
+    "Pullback",
+    "Trace",
+    "attention_bytes",
+    "checkpointed_blocks",
+    "default_batch_size",
+    "detach_hook",
+]

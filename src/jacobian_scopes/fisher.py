@@ -115,7 +115,7 @@ def plan(
     W_U: Float[Tensor, "d V"],
     p: Float[Tensor, " V"],
     *,
-    method: str = "sketch",
+    method: FisherMethod = "sketch",
     eps: float = 1e-3,
     rank: int = 8,
     n_probes: int = 8,
@@ -185,11 +185,3 @@ def plan(
         probes = g @ rest  # E[rrᵀ] = Σ_{k>rank} λ_k u_k u_kᵀ
     rows = torch.cat([factor[:k], probes])
     return make("sketch", rows, k, False, lam)
-
-
-def dense_fisher(W_U: Float[Tensor, "d V"], p: Float[Tensor, " V"]) -> Float[Tensor, "d d"]:
-    """F = Wᵀ(diag p − p pᵀ)W over the whole vocabulary, in float64 (for tests and checks)."""
-    W = W_U.double()
-    p = p.double()
-    wbar = W @ p
-    return (W * p) @ W.T - torch.outer(wbar, wbar)

@@ -6,6 +6,7 @@ message and one test.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -14,9 +15,7 @@ from torch import Tensor
 
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-
-Prompt = str | Tensor | Sequence[int]
-TargetLike = str | int | Tensor | Sequence[int]
+from jacobian_scopes.options import Prompt, TargetLike
 
 
 def resolve_tokens(
@@ -24,8 +23,10 @@ def resolve_tokens(
 ) -> Int[Tensor, "1 pos"]:
     """Token ids of shape (1, pos) on the model's device, checked against vocab and context."""
     if isinstance(prompt, str):
-        if prompt == "":
-            raise ScopeInputError("the prompt is empty; give at least one token of text")
+        if prompt.strip() == "":
+            what = "empty" if prompt == "" else "only white space"
+            raise ScopeInputError(f"the prompt is {what}; give at least one token of text")
+        check_text(prompt, "prompt")
         tokens = adapter.to_tokens(prompt, prepend_bos=prepend_bos)
     else:
         if prepend_bos:
@@ -76,10 +77,26 @@ def check_ids(adapter: ModelAdapter, ids: Sequence[int], what: str) -> None:
         )
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate cannot be tokenised)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScopeInputError(
+            f"the {what} is not valid Unicode text (it holds {text[exc.start : exc.end]!r} at "
+            f"character {exc.start}, a lone surrogate); decode it with errors='replace' first"
+        ) from exc
+
+
 def resolve_position(n_pos: int, position: int) -> int:
-    """A Python-style index into the prompt (negative counts from the end)."""
-    if isinstance(position, bool) or not isinstance(position, int):
-        raise ScopeInputError(f"position must be an int, got {position!r}")
+    """A Python-style index into the prompt (negative counts from the end); any integer
+    type (``numpy.int64``, a 0-d integer tensor) is accepted."""
+    try:
+        if isinstance(position, bool):
+            raise TypeError
+        position = operator.index(position)
+    except TypeError:
+        raise ScopeInputError(f"position must be an int, got {position!r}") from None
     if not -n_pos <= position < n_pos:
         raise ScopeInputError(
             f"position {position} is out of range for a prompt of {n_pos} tokens "
@@ -93,6 +110,7 @@ def resolve_target(adapter: ModelAdapter, target: TargetLike, what: str = "targe
     if isinstance(target, str):
         if target == "":
             raise ScopeInputError(f"the {what} is an empty string")
+        check_text(target, what)
         ids = adapter.to_token_ids(target)
     elif isinstance(target, bool):
         raise ScopeInputError(f"{what} must be a token string or id, got {target!r}")
@@ -118,3 +136,45 @@ def single_token(adapter: ModelAdapter, target: TargetLike, what: str = "target"
             "teacher-forced sum of log-probs of the whole continuation."
         )
     return ids[0]
+
+
+def split_prompts(prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool]:
+    """The prompts of a call, and whether several were given.
+
+    One prompt: a string, 1-D token ids, a (1, pos) tensor (as ``model.to_tokens`` returns
+    for one prompt), or a list of ints. Several: a list of strings, tensors or id lists, or
+    a (batch, pos) tensor with more than one row (its rows are used as given, padding
+    included: pass a list of strings to let each prompt keep its own length).
+
+    Example:
+        >>> split_prompts("Hello")
+        (['Hello'], False)
+        >>> split_prompts(["Hello", "Hi there"])
+        (['Hello', 'Hi there'], True)
+        >>> split_prompts([1, 2, 3])
+        ([[1, 2, 3]], False)
+    """
+    if isinstance(prompt, str):
+        return [prompt], False
+    if isinstance(prompt, Tensor):
+        if prompt.dim() == 2 and prompt.shape[0] > 1:
+            return list(prompt), True
+        return [prompt], False
+    if isinstance(prompt, (list, tuple)):
+        items = list(prompt)
+        if not items:
+            raise ScopeInputError("the list of prompts is empty")
+        if all(isinstance(p, int) or _is_int_scalar(p) for p in items):
+            return [items], False
+        return items, True
+    raise ScopeInputError(
+        f"a prompt must be text, token ids or a list of prompts, got {type(prompt).__name__}"
+    )
+
+
+def _is_int_scalar(value: object) -> bool:
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return not isinstance(value, (bool, Tensor)) or (isinstance(value, Tensor) and value.dim() == 0)

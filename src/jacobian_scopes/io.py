@@ -33,9 +33,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.generation import GenerationResult
-from jacobian_scopes.results import FisherDetails, Prediction, ScopeResult, Target
+from jacobian_scopes.errors import ResultFileError
+from jacobian_scopes.results import (
+    FisherDetails,
+    GenerationResult,
+    Prediction,
+    ScopeResult,
+    ScopeResults,
+    Target,
+)
 
 FORMAT = "jacobian-scopes"
 VERSION = 1
@@ -60,10 +66,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-class ResultFileError(ScopeInputError):
-    """A result file that is not a valid jacobian-scopes JSON file (or too large)."""
 
 
 # ------------------------------------------------------------------------------ save
@@ -179,7 +181,11 @@ def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") ->
     if set(document) != {"format", "version", "content"}:
         extra = sorted(set(document) - {"format", "version", "content"})
         raise ResultFileError(f"{source}: unexpected or missing top-level keys {extra}")
-    return _Decoder(source).decode(document["content"], "content", 0)
+    content = _Decoder(source).decode(document["content"], "content", 0)
+    # Several prompts' results were saved as a list; they come back as the same type.
+    if isinstance(content, list) and content and all(isinstance(r, ScopeResult) for r in content):
+        return ScopeResults(content)
+    return content
 
 
 def _reject_constant(name: str) -> Any:

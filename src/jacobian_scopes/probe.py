@@ -16,10 +16,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jacobian_scopes.adapter import ModelAdapter
-from jacobian_scopes.engine import GradientTap, _detach_hook
+from jacobian_scopes.engine import GradientTap, detach_hook
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.options import SourcesLike
 from jacobian_scopes.sources import (
-    SourcesLike,
     SourceSpec,
     arrange,
     resolve_freeze,
@@ -91,7 +91,7 @@ class GradientProbe:
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable[..., Any]]]:
         """``[(hook_name, fn)]`` to pass to ``model.hooks`` or ``run_with_hooks``."""
-        frozen = [(name, _detach_hook) for name in self.frozen_hooks]
+        frozen = [(name, detach_hook) for name in self.frozen_hooks]
         return [*frozen, *((tap.name, tap) for tap in self.taps.values())]
 
     def backward(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -191,7 +191,7 @@ class ScopeResult:
 
         return save_html(path, self, title=title)
 
-    def plot(self, kind: str = "auto", **kwargs: Any) -> Any:
+    def plot(self, kind: Literal["auto", "tokens", "series"] = "auto", **kwargs: Any) -> Any:
         """A matplotlib Figure: ``"tokens"`` (bars, or layer maps for drill-down results)
         or ``"series"`` (a numeric prompt's values with their influence); ``"auto"`` picks
         tokens. Save it with ``fig.savefig("x.png" | "x.svg" | "x.pdf")``.
@@ -248,3 +248,255 @@ class ScopeResult:
         from jacobian_scopes.io import save
 
         return save(self, path)
+
+
+class ScopeResults(list[ScopeResult]):
+    """The results of several prompts, in the order of the prompts.
+
+    A list of :class:`ScopeResult` (index it, iterate it) that also shows, saves and
+    tabulates all of them at once.
+
+    Example:
+        >>> rs = js.semantic_scope(model, ["The capital of France is",     # doctest: +SKIP
+        ...                                "The capital of Italy is"], [" Paris", " Rome"])
+        >>> [r.top(1)[0][1] for r in rs]                                    # doctest: +SKIP
+        [' France', ' Italy']
+        >>> rs.to_dataframe().groupby("prompt_index").score.max()          # doctest: +SKIP
+    """
+
+    def to_dataframe(self) -> Any:
+        """Every result's :meth:`ScopeResult.to_dataframe`, one after the other, with a
+        ``prompt_index`` column first."""
+        import pandas as pd
+
+        frames = []
+        for i, r in enumerate(self):
+            frame = r.to_dataframe()
+            frame.insert(0, "prompt_index", i)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def to_csv(self, path: Any) -> Any:
+        """Write :meth:`to_dataframe` as CSV; returns the path."""
+        self.to_dataframe().to_csv(path, index=False)
+        return path
+
+    def save(self, path: Any) -> Any:
+        """Save all results as one JSON file; :func:`jacobian_scopes.load` gives back a
+        :class:`ScopeResults`. Returns the path."""
+        from jacobian_scopes.io import save
+
+        return save(list(self), path)
+
+    def show(self, **kwargs: Any) -> None:
+        """Display every result, one after the other (see :meth:`ScopeResult.show`)."""
+        from jacobian_scopes.viz.report import result_view, show
+
+        show([result_view(r, **kwargs) for r in self])
+
+    def save_html(self, path: Any, *, title: str | None = None) -> Any:
+        """Write every result into one self-contained offline HTML page; returns the path."""
+        from jacobian_scopes.viz.report import save_html
+
+        return save_html(path, *self, title=title)
+
+    def _repr_html_(self) -> str:
+        from jacobian_scopes.viz.report import notebook_html, result_view
+
+        return notebook_html([result_view(r) for r in self])
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  {r!r}," for r in self)
+        return f"ScopeResults([\n{inner}\n])" if self else "ScopeResults([])"
+
+
+@dataclass
+class GenerationResult:
+    """A generated continuation and the attribution of each generated token.
+
+    ``tokens`` holds the prompt and the ``N`` generated tokens. ``scores[i, t]`` is the
+    influence of context token ``t`` (a prompt token or an earlier generated token) on
+    generated token ``i``, predicted at ``positions[i]``; the context is ``tokens[:-1]``
+    (the last generated token is never an input). Entries after ``positions[i]`` are NaN:
+    those tokens did not exist yet, so they get no score (their gradient is exactly zero).
+    ``token_probs[i]`` is the probability the model gave generated token ``i``.
+
+    Example:
+        >>> g = generate_scope(model, "The capital of France is", 5)   # doctest: +SKIP
+        >>> g.generated_tokens                                           # doctest: +SKIP
+        [' Paris', '.', ...]
+        >>> g.scores.shape                                               # doctest: +SKIP
+        torch.Size([5, 10])
+    """
+
+    scope: str
+    tokens: Int[Tensor, " seq"]
+    str_tokens: list[str]
+    n_prompt: int
+    positions: list[int]
+    scores: Float[Tensor, "generated context"]
+    token_probs: list[float]
+    params: dict[str, Any]
+    processing: dict[str, Any]
+    model_name: str
+    bos: bool = False
+    first_order: Float[Tensor, "generated context"] | None = None
+    fisher: list[FisherDetails] | None = None
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.positions)
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return [int(t) for t in self.tokens[self.n_prompt :]]
+
+    @property
+    def generated_tokens(self) -> list[str]:
+        return self.str_tokens[self.n_prompt :]
+
+    @property
+    def context_tokens(self) -> list[str]:
+        return self.str_tokens[: self.scores.shape[1]]
+
+    def row(self, i: int) -> Float[Tensor, " context"]:
+        """Scores of generated token ``i`` over the tokens it could see."""
+        return self.scores[i, : self.positions[i] + 1]
+
+    def top(self, i: int, k: int = 3, include_bos: bool = False) -> list[tuple[int, str, float]]:
+        """The ``k`` context tokens with the highest scores for generated token ``i``."""
+        s = self.row(i).clone().float()
+        if self.bos and not include_bos:
+            s[0] = float("-inf")
+        order = torch.argsort(s, descending=True)[: max(0, k)]
+        return [
+            (int(t), self.str_tokens[int(t)], float(s[int(t)]))
+            for t in order
+            if torch.isfinite(s[int(t)])
+        ]
+
+    def to_dataframe(self) -> Any:
+        """One row per (generated token, context token it could see), as a pandas DataFrame."""
+        import pandas as pd
+
+        rows = []
+        for i, p in enumerate(self.positions):
+            gen = {
+                "generated_index": i,
+                "generated_token": self.generated_tokens[i],
+                "generated_id": self.generated_ids[i],
+                "position": p,
+            }
+            for t in range(p + 1):
+                row = {
+                    **gen,
+                    "context_index": t,
+                    "context_token": self.str_tokens[t],
+                    "context_id": int(self.tokens[t]),
+                    "in_prompt": t < self.n_prompt,
+                    "score": float(self.scores[i, t]),
+                }
+                if self.first_order is not None:
+                    row["first_order"] = float(self.first_order[i, t])
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_csv(self, path: Any) -> Any:
+        """Write :meth:`to_dataframe` as CSV; returns the path."""
+        self.to_dataframe().to_csv(path, index=False)
+        return path
+
+    def save(self, path: Any) -> Any:
+        """Save as JSON (see :func:`jacobian_scopes.save`); returns the path."""
+        from jacobian_scopes.io import save
+
+        return save(self, path)
+
+    def plot(self, include_bos: bool = False, ax: Any = None) -> Any:
+        """The generated × context matrix as a heat map (matplotlib Figure).
+
+        The BOS column is left out of the colour scale (it is an attention sink and would
+        flatten everything else) unless ``include_bos``; cells after each token's position
+        stay blank.
+
+        Example:
+            >>> g.plot().savefig("generation.svg")   # doctest: +SKIP
+        """
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        data = self.scores.float().numpy().copy()
+        shown = data[:, 1:] if self.bos and not include_bos and data.shape[1] > 1 else data
+        finite = shown[np.isfinite(shown)]
+        vmax = float(finite.max()) if finite.size else 1.0
+        if ax is None:
+            width = min(24.0, 2.0 + 0.28 * data.shape[1])
+            height = min(16.0, 1.5 + 0.3 * data.shape[0])
+            fig, ax = plt.subplots(figsize=(width, height))
+        else:
+            fig = ax.figure
+        image = ax.imshow(
+            np.ma.masked_invalid(data), aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax
+        )
+        ax.set_xticks(range(data.shape[1]))
+        ax.set_xticklabels(
+            [_label(s) for s in self.context_tokens], rotation=90, fontsize=7, family="monospace"
+        )
+        ax.set_yticks(range(data.shape[0]))
+        ax.set_yticklabels(
+            [_label(s) for s in self.generated_tokens], fontsize=7, family="monospace"
+        )
+        ax.axvline(self.n_prompt - 0.5, color="white", linewidth=1)
+        ax.set_xlabel("context token (prompt | generated)")
+        ax.set_ylabel("generated token")
+        ax.set_title(f"{self.scope} scope across generation")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        return fig
+
+    def view(self, include_bos: bool = False) -> Any:
+        """The matrix as an HTML heat map (a :class:`jacobian_scopes.viz.MapView`): one row
+        per generated token, one column per context token; each cell's value and rank on
+        hover. Cells after a token's position (not yet generated) show 0. Pass it to
+        :func:`jacobian_scopes.save_html` with other views.
+
+        Example:
+            >>> js.save_html("gen.html", g.view(), title="Lorenz")   # doctest: +SKIP
+        """
+        from jacobian_scopes.viz.maps import MapView
+
+        values = torch.nan_to_num(self.scores.float(), nan=0.0).tolist()
+        return MapView(
+            values=values,
+            rows=[f"{i}: {tok}" for i, tok in enumerate(self.generated_tokens)],
+            cols=self.context_tokens,
+            title=f"{self.scope} scope across generation",
+            meta=(
+                f"{self.n_prompt} prompt tokens, {self.n_generated} generated "
+                f"({'sampled' if self.params.get('do_sample') else 'greedy'}); row i: which "
+                "context tokens drove generated token i"
+            ),
+            col_kind="token",
+            bos=self.bos,
+            include_bos=include_bos,
+            positions=[],
+        )
+
+    def save_html(self, path: Any, *, title: str | None = None) -> Any:
+        """Write :meth:`view` as a self-contained offline HTML page; returns the path."""
+        from jacobian_scopes.viz.report import save_html
+
+        return save_html(path, self.view(), title=title)
+
+    def __repr__(self) -> str:
+        text = "".join(self.generated_tokens)
+        return (
+            f"GenerationResult({self.scope}; {self.n_prompt} prompt tokens, "
+            f"{self.n_generated} generated: {text[:60]!r}; scores {tuple(self.scores.shape)})"
+        )
+
+
+def _label(token: str, limit: int = 14) -> str:
+    # Matplotlib reads "$" as maths; newlines break the axis.
+    text = token.replace("\n", "\\n").replace("$", r"\$")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -8,16 +8,16 @@ the per-layer shortcuts in :data:`SHORTCUTS`. All of them come out of one backwa
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-
-SourcesLike = str | Sequence[str] | Callable[[str], bool] | None
+from jacobian_scopes.options import SourcesLike
 
 SHORTCUTS: dict[str, str] = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -53,12 +53,22 @@ class SourceSpec:
     layout: str
 
 
-def resolve_sources(adapter: ModelAdapter, sources: SourcesLike) -> SourceSpec:
+def resolve_sources(
+    adapter: ModelAdapter, sources: SourcesLike, at: str | None = None
+) -> SourceSpec:
+    """The hooks to tap for ``sources``. A per-layer shortcut stops at the block of the
+    explained hook ``at`` (the later layers cannot influence it)."""
     if sources is None:
         return SourceSpec((EMBED_HOOK,), (EMBED_HOOK,), (False,), "embed")
+    if isinstance(sources, (bytes, int, float)) or sources is True or sources is False:
+        raise ScopeInputError(f"sources must be hook names or a shortcut, got {sources!r}")
     layout = "rows"
     if isinstance(sources, str) and sources in SHORTCUTS:
-        names = [SHORTCUTS[sources].format(l=layer) for layer in range(adapter.n_layers)]
+        names = [
+            SHORTCUTS[sources].format(l=layer)
+            for layer in range(adapter.n_layers)
+            if not _after(SHORTCUTS[sources].format(l=layer), at)
+        ]
         if sources == "z":
             layout = "heads"
     elif isinstance(sources, str):
@@ -110,6 +120,63 @@ def _tap_for(adapter: ModelAdapter, name: str) -> str:
     return name
 
 
+# Hooks whose activation is not laid out (batch, pos, ...): a direction there has no
+# explained position.
+_NOT_PER_POSITION = re.compile(r"attn\.hook_(pattern|attn_scores)$")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_AFTER_BLOCKS = re.compile(r"^(ln_final|unembed)\.")
+
+
+# Where each per-layer hook sits within its block, in forward order.
+_IN_BLOCK = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out")
+
+
+def _after(name: str, at: str | None) -> bool:
+    """Whether the names alone say that hook ``name`` runs after the explained hook ``at``."""
+    if at is None:
+        return name.startswith("unembed.") and name != "unembed.hook_in"
+    if _AFTER_BLOCKS.match(name):
+        return True
+    source, explained = _BLOCK.match(name), _BLOCK.match(at)
+    if source is None or explained is None:
+        return False
+    if int(source.group(1)) != int(explained.group(1)):
+        return int(source.group(1)) > int(explained.group(1))
+    order = {suffix: i for i, suffix in enumerate((*_IN_BLOCK, "hook_resid_post"))}
+    s, a = name[source.end() :], at[explained.end() :]
+    return s in order and a in order and order[s] > order[a]
+
+
+def check_explanandum(adapter: ModelAdapter, at: str | None) -> None:
+    """Refuse an explained hook that does not exist or has no position axis."""
+    if at is None:
+        return
+    if not isinstance(at, str) or not adapter.has_hook(at):
+        raise ScopeInputError(f"at={at!r} is not a hook of this model (see model.hook_dict)")
+    if _NOT_PER_POSITION.search(at):
+        raise ScopeInputError(
+            f"at={at!r} holds attention (head, query, key) values, not one activation per "
+            "position; explain a direction of attn.hook_z, hook_attn_out or the residual "
+            "stream instead"
+        )
+
+
+def check_sources_precede(adapter: ModelAdapter, spec: SourceSpec, at: str | None) -> None:
+    """Refuse, before any forward pass, sources that come after the explained activation.
+
+    Only what the names make certain is checked here (a later block, the unembedding);
+    anything else that turns out not to feed the explained activation is refused after
+    the backward pass, where autograd knows.
+    """
+    for label in spec.labels:
+        if _after(label, at):
+            explained = at or adapter.final_state.label
+            raise ScopeInputError(
+                f"source {label!r} comes after the explained activation {explained!r}, so it "
+                "cannot influence it; choose sources before it (e.g. sources='resid_pre')"
+            )
+
+
 def resolve_freeze(adapter: ModelAdapter, freeze: Iterable[str]) -> list[str]:
     """Hook names to detach for the linearised variants (``"norm_scale"``, ``"attn_pattern"``)."""
     names: list[str] = []
@@ -139,7 +206,7 @@ def arrange(
     for label, per_head in zip(spec.labels, spec.per_head, strict=True):
         x = per_source[label]
         if per_head:
-            x = x.movedim(-1, -2)  # (*lead, head, pos)
+            x = rearrange(x, "... pos head -> ... head pos")
             labels.extend(f"{label}[{h}]" for h in range(x.shape[-2]))
         else:
             x = x.unsqueeze(-2)

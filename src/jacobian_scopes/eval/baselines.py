@@ -29,27 +29,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from jacobian_scopes import perturb
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
-from jacobian_scopes.engine import HookList, Trace
+from jacobian_scopes.call import Call, build_result, prepare
+from jacobian_scopes.engine import Trace
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.eval import perturb
 from jacobian_scopes.guard import frozen
-from jacobian_scopes.inputs import Prompt, TargetLike, single_token
+from jacobian_scopes.inputs import single_token
+from jacobian_scopes.options import HookList, Prompt, TargetLike
 from jacobian_scopes.results import ScopeResult, Target
-from jacobian_scopes.scopes import _Call, _result, _setup, semantic_scope
+from jacobian_scopes.scopes import semantic_scope
 
-MODES = ("logprob", "logit")
+ExplainedMode = Literal["logprob", "logit"]
+Reduce = Literal["sum", "norm"]
+Quadrature = Literal["gausslegendre", "geometric", "trapezoid", "riemann_middle", "riemann_right"]
+Measure = Literal["logprob", "logit", "prob", "kl"]
+Replace = Literal["zero", "token"]
+AttentionMethod = Literal["last", "rollout"]
+IGBaseline = Literal["zero", "token"]
+
+MODES: tuple[str, ...] = get_args(ExplainedMode)
 REDUCTIONS = ("sum", "norm")
-QUADRATURES = ("gausslegendre", "geometric", "trapezoid", "riemann_middle", "riemann_right")
+QUADRATURES: tuple[str, ...] = get_args(Quadrature)
 GEOMETRIC_EDGES = (1e-3, 1e-2, 1e-1)
-MEASURES = ("logprob", "logit", "prob", "kl")
+MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -58,16 +68,9 @@ def _check(name: str, value: object, allowed: Sequence[object]) -> None:
         raise ScopeInputError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def _call(model: Any, prompt: Prompt, position: int, prepend_bos: bool | None, hooks: Any) -> _Call:
-    return _setup(
-        model,
-        prompt,
-        position=position,
-        prepend_bos=prepend_bos,
-        sources=None,
-        freeze=(),
-        fwd_hooks=hooks,
-    )
+def _call(model: Any, prompt: Prompt, position: int, prepend_bos: bool | None, hooks: Any) -> Call:
+    options = {"position": position, "prepend_bos": prepend_bos, "fwd_hooks": hooks}
+    return prepare(model, [prompt], options)[0]
 
 
 def _target(adapter: ModelAdapter, target: TargetLike | None, logits_row: Tensor) -> int:
@@ -91,7 +94,7 @@ def _explained(logits_row: Tensor, target_id: int, mode: str) -> Tensor:
 
 
 def _finish(
-    call: _Call,
+    call: Call,
     scope: str,
     scores: Tensor,
     logits_row: Tensor,
@@ -99,16 +102,15 @@ def _finish(
     target: Target | None = None,
     vectors: Tensor | None = None,
 ) -> ScopeResult:
-    # _result reads the logits only at the explained position (for top_predictions); the
+    # build_result reads the logits only at the explained position (for top_predictions); the
     # perturbation passes compute just that row, so it is broadcast to the expected shape.
     logits = logits_row.reshape(1, 1, -1).expand(1, call.position + 1, -1)
     label = call.spec.labels[0]
-    return _result(
+    return build_result(
         call,
         scope,
         {label: scores.float()},
         logits,
-        call.tokens,
         [call.position],
         params,
         target=target,
@@ -137,7 +139,7 @@ def replacement_token(adapter: ModelAdapter, replacement: TargetLike | None) -> 
 
 
 def _gradients(
-    call: _Call,
+    call: Call,
     rows: Tensor,
     target: TargetLike | None,
     mode: str,
@@ -170,7 +172,7 @@ def attention(
     prompt: Prompt,
     target: TargetLike | None = None,
     *,
-    method: str = "last",
+    method: AttentionMethod = "last",
     position: int = -1,
     prepend_bos: bool | None = None,
     fwd_hooks: HookList = (),
@@ -186,7 +188,7 @@ def attention(
     ignored. Scores sum to 1 over the tokens.
 
     Example:
-        >>> from jacobian_scopes.baselines import attention
+        >>> from jacobian_scopes.eval.baselines import attention
         >>> attention(model, "The capital of France is", method="rollout").top(2)  # doctest: +SKIP
     """
     _check("method", method, ("last", "rollout"))
@@ -227,7 +229,7 @@ def gradient_norm(
     prompt: Prompt,
     target: TargetLike | None = None,
     *,
-    mode: str = "logprob",
+    mode: ExplainedMode = "logprob",
     position: int = -1,
     prepend_bos: bool | None = None,
     fwd_hooks: HookList = (),
@@ -239,7 +241,7 @@ def gradient_norm(
     direction ``w_target − w̄`` is ∂ log p/∂y), so this calls it rather than repeating it.
 
     Example:
-        >>> from jacobian_scopes.baselines import gradient_norm
+        >>> from jacobian_scopes.eval.baselines import gradient_norm
         >>> gradient_norm(model, "The capital of France is").target.tokens   # doctest: +SKIP
         [' Paris']
     """
@@ -269,8 +271,8 @@ def input_x_gradient(
     prompt: Prompt,
     target: TargetLike | None = None,
     *,
-    mode: str = "logprob",
-    reduce: str = "sum",
+    mode: ExplainedMode = "logprob",
+    reduce: Reduce = "sum",
     position: int = -1,
     prepend_bos: bool | None = None,
     fwd_hooks: HookList = (),
@@ -283,7 +285,7 @@ def input_x_gradient(
     is what the deletion metrics probe. ``vectors`` holds ``x_t ⊙ ∂f/∂x_t`` (pos, d).
 
     Example:
-        >>> from jacobian_scopes.baselines import input_x_gradient
+        >>> from jacobian_scopes.eval.baselines import input_x_gradient
         >>> input_x_gradient(model, "The capital of France is", " Paris").top(1)  # doctest: +SKIP
     """
     _check("mode", mode, MODES)
@@ -306,7 +308,7 @@ def input_x_gradient(
 
 
 # ------------------------------------------------------------- integrated gradients
-def quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+def quadrature(n_steps: int, rule: Quadrature = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
     """Nodes α ∈ [0, 1] and weights for ``∫₀¹ g(α) dα ≈ Σ w_k g(α_k)``.
 
     * ``gausslegendre``: exact for polynomials of degree ``2n − 1`` (Captum's default).
@@ -356,27 +358,27 @@ def integrated_gradients(
     prompt: Prompt,
     target: TargetLike | None = None,
     *,
-    baseline: str = "zero",
+    baseline: IGBaseline = "zero",
     replacement: TargetLike | None = None,
     n_steps: int = 16,
-    quadrature_rule: str = "gausslegendre",
-    mode: str = "logprob",
-    reduce: str = "sum",
+    quadrature_rule: Quadrature = "gausslegendre",
+    mode: ExplainedMode = "logprob",
+    reduce: Reduce = "sum",
     include_bos: bool = False,
     position: int = -1,
     prepend_bos: bool | None = None,
     fwd_hooks: HookList = (),
-    batch_size: int = 8,
+    internal_batch_size: int = 8,
     return_vectors: bool = False,
 ) -> ScopeResult:
     """Integrated gradients (Sundararajan et al., 2017) at the input embeddings.
 
     ``IG_t = Σ_i (x − x')_ti ∫₀¹ ∂f/∂x_ti(x' + α(x − x')) dα``, the integral taken with
-    ``n_steps`` nodes of ``quadrature_rule`` (see :func:`quadrature`), batched ``batch_size``
-    nodes per forward/backward pass. The baseline ``x'`` is the zero embedding
-    (``baseline="zero"``) or the embedding of a pad token at every position
-    (``baseline="token"``; ``replacement`` picks the token, default pad, else unk, else
-    eos). The BOS embedding is kept in the baseline unless ``include_bos=True``: the
+    ``n_steps`` nodes of ``quadrature_rule`` (see :func:`quadrature`), batched
+    ``internal_batch_size`` nodes per forward/backward pass (Captum's name). The baseline
+    ``x'`` is the zero embedding (``baseline="zero"``) or the embedding of a pad token at
+    every position (``baseline="token"``; ``replacement`` picks the token, default pad,
+    else unk, else eos). The BOS embedding is kept in the baseline unless ``include_bos=True``: the
     attention sink is not "information" to remove, and the deletion metrics keep it too.
 
     Completeness, ``Σ_t IG_t = f(x) − f(x')``, holds up to the quadrature error; the gap
@@ -385,7 +387,7 @@ def integrated_gradients(
     dimensions (the authors' variant); ``vectors`` holds the per-dimension IG (pos, d).
 
     Example:
-        >>> from jacobian_scopes.baselines import integrated_gradients
+        >>> from jacobian_scopes.eval.baselines import integrated_gradients
         >>> r = integrated_gradients(model, "The capital of France is")    # doctest: +SKIP
         >>> r.params["completeness"]["gap"]                                 # doctest: +SKIP
     """
@@ -393,8 +395,8 @@ def integrated_gradients(
     _check("reduce", reduce, REDUCTIONS)
     _check("baseline", baseline, ("zero", "token"))
     nodes, weights = quadrature(n_steps, quadrature_rule)
-    if batch_size < 1:
-        raise ScopeInputError(f"batch_size must be at least 1, got {batch_size}")
+    if internal_batch_size < 1:
+        raise ScopeInputError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
     call = _call(model, prompt, position, prepend_bos, fwd_hooks)
     adapter, tokens = call.adapter, call.tokens
     x = perturb.embeddings(adapter, tokens, call.fwd_hooks)
@@ -430,11 +432,11 @@ def integrated_gradients(
     alphas = torch.as_tensor(nodes, dtype=torch.float32)
     w = torch.as_tensor(weights, dtype=torch.float64)
     integral = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
-    for start in range(0, len(alphas), batch_size):
-        a = alphas[start : start + batch_size]
+    for start in range(0, len(alphas), internal_batch_size):
+        a = alphas[start : start + internal_batch_size]
         rows = tokens.expand(len(a), -1)
         grads, _, _, _ = _gradients(call, rows, target_id, mode, [(EMBED_HOOK, path(a))])
-        chunk_w = w[start : start + batch_size].to(grads.device)
+        chunk_w = w[start : start + internal_batch_size].to(grads.device)
         integral += torch.einsum("b,bpd->pd", chunk_w, grads.double())
     attr = ((x - x_base)[0].double() * integral).float()
     total = float(attr.double().sum())
@@ -475,10 +477,10 @@ def occlusion_logits(
     tokens: Tensor,
     position: int,
     *,
-    replace: str = "zero",
+    replace: Replace = "zero",
     replacement_id: int | None = None,
     fwd_hooks: HookList = (),
-    batch_size: int = perturb.DEFAULT_BATCH_SIZE,
+    internal_batch_size: int = perturb.DEFAULT_BATCH_SIZE,
 ) -> Float[Tensor, "rows vocab"]:
     """Logits at ``position``: row 0 the intact input, row ``t + 1`` token t occluded.
 
@@ -500,7 +502,12 @@ def occlusion_logits(
         assert replacement_id is not None
         rows[torch.arange(1, n + 1), torch.arange(n)] = replacement_id
     return perturb.logits_at(
-        adapter, rows, position, zero=zero, fwd_hooks=fwd_hooks, batch_size=batch_size
+        adapter,
+        rows,
+        position,
+        zero=zero,
+        fwd_hooks=fwd_hooks,
+        internal_batch_size=internal_batch_size,
     )
 
 
@@ -533,13 +540,13 @@ def occlusion(
     prompt: Prompt,
     target: TargetLike | None = None,
     *,
-    replace: str = "zero",
+    replace: Replace = "zero",
     replacement: TargetLike | None = None,
-    measure: str = "logprob",
+    measure: Measure = "logprob",
     position: int = -1,
     prepend_bos: bool | None = None,
     fwd_hooks: HookList = (),
-    batch_size: int = perturb.DEFAULT_BATCH_SIZE,
+    internal_batch_size: int = perturb.DEFAULT_BATCH_SIZE,
 ) -> ScopeResult:
     """Leave-one-out occlusion: how much the explained quantity drops without token t.
 
@@ -548,11 +555,11 @@ def occlusion(
     else eos). ``measure`` is the drop of ``"logprob"`` (default), ``"logit"`` or ``"prob"``
     of the target, or ``"kl"``: ``KL(p(x) ‖ p(x without t))`` of the whole next-token
     distribution, which needs no target (the leave-one-out reference of the paper).
-    One forward row per token up to ``position``, ``batch_size`` rows per pass, no
+    One forward row per token up to ``position``, ``internal_batch_size`` rows per pass, no
     gradients; tokens after ``position`` score 0.
 
     Example:
-        >>> from jacobian_scopes.baselines import occlusion
+        >>> from jacobian_scopes.eval.baselines import occlusion
         >>> occlusion(model, "The capital of France is", measure="kl").top(1)   # doctest: +SKIP
     """
     _check("replace", replace, ("zero", "token"))
@@ -567,7 +574,7 @@ def occlusion(
         replace=replace,
         replacement_id=replacement_id,
         fwd_hooks=call.fwd_hooks,
-        batch_size=batch_size,
+        internal_batch_size=internal_batch_size,
     )
     target_id = None if measure == "kl" else _target(adapter, target, logits[0])
     scores = torch.zeros(call.tokens.shape[1])

@@ -99,6 +99,3 @@ class ResultsStore:
             f.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [r for k, r in self.records.items() if k[0] == kind]

@@ -5,7 +5,7 @@ the same question many times: what are the logits at one position when some inpu
 embeddings are zeroed (or some tokens replaced)? This module answers it for a whole batch of
 perturbations at once, with two savings that matter on a CPU:
 
-* rows are run in batches (``batch_size`` at a time), under ``torch.no_grad()``;
+* rows are run in batches (``internal_batch_size`` at a time), under ``torch.no_grad()``;
 * the forward pass stops as soon as the final hidden state ``y`` is known, and only the
   explained position is unembedded (``y[pos] @ W_U + b_U``): on SmolLM2 the unembedding of
   every position is about a fifth of the forward pass, and nothing else needs it.
@@ -26,9 +26,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
-from jacobian_scopes.engine import HookList
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import frozen
+from jacobian_scopes.options import HookList
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -72,7 +72,7 @@ def logits_at(
     *,
     zero: Bool[Tensor, "batch pos"] | None = None,
     fwd_hooks: HookList = (),
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    internal_batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Float[Tensor, "batch vocab"]:
     """Logits (float32) at ``position`` for every row of ``tokens``, without gradients.
 
@@ -96,16 +96,18 @@ def logits_at(
         )
     if not -n_pos <= position < n_pos:
         raise ScopeInputError(f"position {position} is out of range for {n_pos} tokens")
-    if batch_size < 1:
-        raise ScopeInputError(f"batch_size must be at least 1, got {batch_size}")
+    if internal_batch_size < 1:
+        raise ScopeInputError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
     position %= n_pos
     out = []
     with torch.no_grad(), frozen(adapter.model):
-        for start in range(0, n_rows, batch_size):
-            rows = tokens[start : start + batch_size].contiguous()
+        for start in range(0, n_rows, internal_batch_size):
+            rows = tokens[start : start + internal_batch_size].contiguous()
             hooks = list(fwd_hooks)
             if zero is not None:
-                hooks.append((EMBED_HOOK, zero_embeddings(zero[start : start + batch_size])))
+                hooks.append(
+                    (EMBED_HOOK, zero_embeddings(zero[start : start + internal_batch_size]))
+                )
             y = _final_state(adapter, rows, hooks)[:, position]
             out.append(adapter.logits_from_state(y).float())
     logits = torch.cat(out)

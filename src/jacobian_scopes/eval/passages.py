@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import Tensor
 
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.inputs import Prompt, TargetLike
+from jacobian_scopes.options import Prompt, TargetLike
 
 _LAST_WORD = re.compile(r"^(?P<prompt>.*\S)\s+(?P<word>\S+)\s*$", re.DOTALL)
 

@@ -28,12 +28,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jacobian_scopes import perturb, stats
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.inputs import Prompt, resolve_tokens
-from jacobian_scopes.methods import Method, default_methods, method_scores
-from jacobian_scopes.passages import Passage, as_passages
+from jacobian_scopes.eval import perturb, stats
+from jacobian_scopes.eval.methods import MethodLike, default_methods, method_scores, resolve_methods
+from jacobian_scopes.eval.passages import Passage, as_passages
+from jacobian_scopes.inputs import resolve_tokens
+from jacobian_scopes.options import Prompt
 
 
 @dataclass
@@ -126,20 +127,20 @@ def reinitialise(modules: Iterable[Any], generator: torch.Generator) -> int:
 def randomisation_check(
     model: Any,
     prompts: Iterable[Prompt | Passage],
-    methods: Sequence[Method] | None = None,
+    methods: Sequence[MethodLike] | None = None,
     *,
     stride: int = 1,
     include_embed: bool = True,
     include_bos: bool = False,
     seed: int = 0,
-    progress: bool = True,
+    verbose: bool = True,
 ) -> RandomisationResult:
     """Cascading model randomisation (Adebayo et al., 2018) on a deep copy of ``model``.
 
     Args:
         model: a HookedTransformer or TransformerBridge (left untouched).
         prompts: texts, token ids or :class:`~jacobian_scopes.passages.Passage` objects.
-        methods: :class:`~jacobian_scopes.methods.Method` objects (default: the three
+        methods: :class:`~jacobian_scopes.eval.methods.Method` objects or names (default: the three
             scopes, gradient norm, input × gradient and attention).
         stride: blocks re-initialised per step.
         include_embed: end with the embeddings (then even input × gradient must change).
@@ -154,6 +155,7 @@ def randomisation_check(
         keep = {"semantic", "temperature", "fisher", "gradient_norm", "input_x_gradient"}
         keep |= {"attention_last", "attention_rollout"}
         methods = [m for m in default_methods(seed=seed) if m.name in keep]
+    methods = resolve_methods(methods, seed=seed)
     passages = as_passages(prompts)
     work = copy.deepcopy(model)
     adapter = ModelAdapter(work)
@@ -175,7 +177,7 @@ def randomisation_check(
 
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    bar = tqdm(total=len(steps) + 1, desc="randomisation", disable=not progress)
+    bar = tqdm(total=len(steps) + 1, desc="randomisation", disable=not verbose)
     original = scores_now()
     bar.update()
     for step, (label, modules) in enumerate([("none", []), *steps]):

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -41,14 +41,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jacobian_scopes import baselines, perturb, stats
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.inputs import Prompt, resolve_target, resolve_tokens
-from jacobian_scopes.methods import Method, default_methods, method_scores, random_method
-from jacobian_scopes.passages import Passage, as_passages
-from jacobian_scopes.sanity import RandomisationResult, randomisation_check
-from jacobian_scopes.store import ResultsStore
+from jacobian_scopes.eval import baselines, perturb, stats
+from jacobian_scopes.eval.methods import (
+    Method,
+    MethodLike,
+    method_scores,
+    random_method,
+    resolve_methods,
+)
+from jacobian_scopes.eval.passages import Passage, as_passages
+from jacobian_scopes.eval.sanity import RandomisationResult, randomisation_check
+from jacobian_scopes.eval.store import ResultsStore
+from jacobian_scopes.inputs import resolve_target, resolve_tokens
+from jacobian_scopes.options import Prompt
 
 __all__ = [
     "DELETION_FRACTIONS",
@@ -64,7 +71,9 @@ __all__ = [
 
 DELETION_FRACTIONS = (0.05, 0.1, 0.2)
 ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
-METRICS = ("aopc", "eraser", "loo")
+Metric = Literal["aopc", "eraser", "loo"]
+Explain = Literal["top1", "reference"]
+METRICS: tuple[str, ...] = get_args(Metric)
 # Which way is better, for tables and plots.
 HIGHER_IS_BETTER = {
     "aopc": False,
@@ -86,7 +95,7 @@ class Settings:
     fractions: tuple[float, ...] = DELETION_FRACTIONS
     eraser_bins: tuple[float, ...] = ERASER_BINS
     include_bos: bool = False
-    explain: str = "top1"
+    explain: Explain = "top1"
     seed: int = 0
 
     def check(self) -> None:
@@ -174,7 +183,7 @@ class Evaluation:
 
     def compare(
         self,
-        metric: str = "aopc",
+        metric: Metric = "aopc",
         reference: str | None = None,
         n_boot: int = 2000,
         n_perm: int = 10000,
@@ -245,7 +254,7 @@ class _Runner:
         metrics: Sequence[str],
         settings: Settings,
         store: ResultsStore,
-        batch_size: int,
+        internal_batch_size: int,
     ):
         self.model = model
         self.adapter = ModelAdapter(model)
@@ -253,7 +262,7 @@ class _Runner:
         self.metrics = list(metrics)
         self.s = settings
         self.store = store
-        self.batch_size = batch_size
+        self.internal_batch_size = internal_batch_size
 
     def _complete(self, key: str, name: str) -> bool:
         rec = self.store.get("method", key, name)
@@ -296,7 +305,9 @@ class _Runner:
         )
         if ("loo" in self.metrics and ref is None) or need_loo_scores:
             t0 = time.perf_counter()
-            logits = baselines.occlusion_logits(adapter, tokens, pos, batch_size=self.batch_size)
+            logits = baselines.occlusion_logits(
+                adapter, tokens, pos, internal_batch_size=self.internal_batch_size
+            )
             loo_kl = baselines.occlusion_effects(logits, None, "kl")
             loo_drop = baselines.occlusion_effects(logits, explained, "logprob")
             ref = {
@@ -411,7 +422,7 @@ class _Runner:
             tokens.expand(len(rows), -1),
             pos,
             zero=torch.stack(rows).to(tokens.device),
-            batch_size=self.batch_size,
+            internal_batch_size=self.internal_batch_size,
         )
         logp = torch.log_softmax(logits.double(), -1)[:, measured].cpu()
         base = float(base_logp[measured])
@@ -482,26 +493,27 @@ def _evaluation(
 def evaluate(
     model: Any,
     prompts: Iterable[Prompt | Passage],
-    methods: Sequence[Method] | None = None,
+    methods: Sequence[MethodLike] | None = None,
     *,
     metrics: Sequence[str] = METRICS,
     fractions: Sequence[float] = DELETION_FRACTIONS,
     eraser_bins: Sequence[float] = ERASER_BINS,
     include_bos: bool = False,
-    explain: str = "top1",
+    explain: Explain = "top1",
     random_baseline: bool = True,
     seed: int = 0,
     results: str | Path | None = None,
-    batch_size: int = perturb.DEFAULT_BATCH_SIZE,
-    progress: bool = True,
+    internal_batch_size: int = perturb.DEFAULT_BATCH_SIZE,
+    verbose: bool = True,
 ) -> Evaluation:
     """Run the faithfulness metrics for several methods on several prompts.
 
     Args:
         model: a HookedTransformer or TransformerBridge.
         prompts: texts, token ids, or :class:`~jacobian_scopes.passages.Passage` objects.
-        methods: :class:`~jacobian_scopes.methods.Method` objects (default:
-            :func:`~jacobian_scopes.methods.default_methods`). A random order is added
+        methods: :class:`~jacobian_scopes.eval.methods.Method` objects or method names
+            such as ``"semantic"`` (default: every method of
+            :func:`~jacobian_scopes.eval.methods.default_methods`). A random order is added
             unless ``random_baseline=False`` or one named ``"random"`` is given.
         metrics: any of ``"aopc"``, ``"eraser"``, ``"loo"``.
         fractions: deletion fractions of the AOPC. eraser_bins: ERASER's bins.
@@ -511,13 +523,13 @@ def evaluate(
             ``"reference"`` (each passage's ``target``; the metrics still measure top-1).
         seed: for the random baseline and for breaking ties in rankings.
         results: a JSONL file; rerunning with it skips (passage, method) pairs already done.
-        batch_size: rows per forward pass of the deletion and leave-one-out passes.
-        progress: show a progress bar.
+        internal_batch_size: rows per forward pass of the deletion and leave-one-out passes.
+        verbose: show a progress bar.
 
     Example:
-        >>> from jacobian_scopes.evaluate import evaluate
-        >>> from jacobian_scopes.passages import load_lambada
-        >>> ev = evaluate(model, load_lambada("../shared/data/lambada_200.json", limit=5),
+        >>> from jacobian_scopes.eval.evaluate import evaluate
+        >>> from jacobian_scopes.eval.passages import load_lambada
+        >>> ev = evaluate(model, load_lambada("lambada_200.json", limit=5),
         ...               results="reports/faithfulness.jsonl")      # doctest: +SKIP
         >>> ev.summary()                                                # doctest: +SKIP
     """
@@ -526,9 +538,9 @@ def evaluate(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ScopeInputError(f"metrics must be among {METRICS}, got {list(metrics)}")
-    if batch_size < 1:
-        raise ScopeInputError(f"batch_size must be at least 1, got {batch_size}")
-    method_list = list(default_methods(seed=seed) if methods is None else methods)
+    if internal_batch_size < 1:
+        raise ScopeInputError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
+    method_list = resolve_methods(methods, seed=seed)
     if random_baseline and not any(m.name == "random" for m in method_list):
         method_list.append(random_method(seed))
     names = [o for m in method_list for o in m.outputs]
@@ -547,8 +559,8 @@ def evaluate(
         "seed": seed,
     }
     store = ResultsStore(results, config)
-    runner = _Runner(model, method_list, metrics, settings, store, batch_size)
-    bar = tqdm(passages, desc="faithfulness", unit="passage", disable=not progress)
+    runner = _Runner(model, method_list, metrics, settings, store, internal_batch_size)
+    bar = tqdm(passages, desc="faithfulness", unit="passage", disable=not verbose)
     for passage in bar:
         runner.run(passage, bar)
     bar.close()
@@ -558,7 +570,7 @@ def evaluate(
 def aopc(
     model: Any,
     prompts: Iterable[Prompt | Passage],
-    methods: Sequence[Method] | None = None,
+    methods: Sequence[MethodLike] | None = None,
     *,
     fractions: Sequence[float] = DELETION_FRACTIONS,
     **kwargs: Any,
@@ -574,7 +586,7 @@ def aopc(
 def comprehensiveness_sufficiency(
     model: Any,
     prompts: Iterable[Prompt | Passage],
-    methods: Sequence[Method] | None = None,
+    methods: Sequence[MethodLike] | None = None,
     *,
     bins: Sequence[float] = ERASER_BINS,
     **kwargs: Any,
@@ -591,7 +603,7 @@ def comprehensiveness_sufficiency(
 def loo_agreement(
     model: Any,
     prompts: Iterable[Prompt | Passage],
-    methods: Sequence[Method] | None = None,
+    methods: Sequence[MethodLike] | None = None,
     **kwargs: Any,
 ) -> Evaluation:
     """Spearman agreement with leave-one-out KL only (see :func:`evaluate`).

@@ -13,15 +13,15 @@ defaults, every baseline of :mod:`jacobian_scopes.baselines`, and a random order
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from jacobian_scopes import baselines
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.eval import baselines
 from jacobian_scopes.results import ScopeResult
 from jacobian_scopes.scopes import fisher_scope, semantic_scope, temperature_scope
 
@@ -127,11 +127,11 @@ def _two_ways(result: ScopeResult, name: str) -> dict[str, Output]:
 def default_methods(
     *,
     ig_steps: int = 16,
-    ig_baseline: str = "zero",
+    ig_baseline: baselines.IGBaseline = "zero",
     fisher_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
     include_token_occlusion: bool = False,
-    batch_size: int = 8,
+    internal_batch_size: int = 8,
 ) -> list[Method]:
     """The scopes and baselines the faithfulness benchmark compares (random excluded: the
     evaluation adds it).
@@ -159,7 +159,7 @@ def default_methods(
             target,
             n_steps=ig_steps,
             baseline=ig_baseline,
-            batch_size=batch_size,
+            internal_batch_size=internal_batch_size,
             return_vectors=True,
         )
         return _two_ways(r, "integrated_gradients")
@@ -179,7 +179,7 @@ def default_methods(
         Method("attention_rollout", lambda m, t, y: baselines.attention(m, t, method="rollout")),
         Method(
             "occlusion",
-            lambda m, t, y: baselines.occlusion(m, t, y, batch_size=batch_size),
+            lambda m, t, y: baselines.occlusion(m, t, y, internal_batch_size=internal_batch_size),
             leave_one_out=True,
         ),
     ]
@@ -188,8 +188,49 @@ def default_methods(
             Method(
                 "occlusion_token",
                 lambda m, t, y: baselines.occlusion(
-                    m, t, y, replace="token", batch_size=batch_size
+                    m, t, y, replace="token", internal_batch_size=internal_batch_size
                 ),
             )
         )
     return methods
+
+
+MethodLike = Method | str
+
+
+def resolve_methods(
+    methods: Sequence[MethodLike] | None, *, seed: int = 0, **defaults: Any
+) -> list[Method]:
+    """Methods given as :class:`Method` objects or by name (``"semantic"``, ``"fisher"``,
+    ``"random"``, a variant such as ``"input_x_gradient_norm"``…); ``None``: every default.
+
+    A variant's name selects the method that computes it. Names are looked up in
+    :func:`default_methods` (``seed`` and ``defaults`` are passed to it).
+
+    Example:
+        >>> [m.name for m in resolve_methods(["semantic", "random"])]
+        ['semantic', 'random']
+        >>> [m.name for m in resolve_methods(["input_x_gradient_norm"])]
+        ['input_x_gradient']
+    """
+    known = default_methods(seed=seed, **defaults)
+    if methods is None:
+        return known
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    by_output = {o: m for m in known for o in m.outputs}
+    out: list[Method] = []
+    for m in methods:
+        if isinstance(m, Method):
+            out.append(m)  # as given: the evaluation refuses two methods of one name
+            continue
+        if isinstance(m, str) and m == "random":
+            chosen = random_method(seed)
+        elif isinstance(m, str) and m in by_output:
+            chosen = by_output[m]
+        else:
+            names = sorted([*by_output, "random"])
+            raise ScopeInputError(f"unknown method {m!r}; give a Method or one of {names}")
+        if chosen not in out:  # a method and its variant name the same computation
+            out.append(chosen)
+    return out

@@ -1,0 +1,103 @@
+"""The names and types every scope call shares, defined once.
+
+The options that every scope accepts (where the scores are taken, which position is
+explained, the user's hooks, batching) are the keys of :class:`CallOptions`; the public
+functions take them as flat keyword arguments (``**options: Unpack[CallOptions]``), so a
+call reads ``semantic_scope(model, prompt, " Paris", sources="resid_pre")``.
+
+Example:
+    >>> from jacobian_scopes.options import CallOptions, check_options
+    >>> sorted(CallOptions.__annotations__)[:3]
+    ['batch_size', 'checkpoint', 'freeze']
+    >>> check_options("semantic_scope", {"position": -2})
+    {'position': -2}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from torch import Tensor
+from typing_extensions import TypedDict
+
+#: The scopes by name, as the command line, ``generate_scope`` and the evaluation take them.
+ScopeName = Literal["semantic", "temperature", "fisher"]
+#: What a Semantic scope explains: the raw logit (the paper's default) or the log-prob.
+SemanticMode = Literal["logit", "logprob"]
+#: How the Fisher scope factors ``F`` (see :mod:`jacobian_scopes.fisher`).
+FisherMethodName = Literal["sketch", "exact", "principal"]
+#: The linearised variants: which nonlinearities are detached.
+FreezeKind = Literal["norm_scale", "attn_pattern"]
+#: Per-layer source shortcuts (see :mod:`jacobian_scopes.sources`).
+SourceShortcut = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
+
+#: One prompt: text, or token ids (1-D, or (1, pos) as ``model.to_tokens`` returns).
+Prompt = str | Tensor | Sequence[int]
+#: A target token: text (``" Paris"``), an id, or ids (a multi-token continuation).
+TargetLike = str | int | Tensor | Sequence[int]
+#: TransformerLens forward hooks: ``[(name or names filter, fn(tensor, hook))]``.
+HookList = Sequence[tuple[Any, Callable[..., Any]]]
+#: Where scores are taken: None (input embeddings), a hook name or shortcut, hook names,
+#: or a names filter ``fn(name) -> bool`` as TransformerLens accepts.
+SourcesLike = str | Sequence[str] | Callable[[str], bool] | None
+
+
+class CallOptions(TypedDict, total=False):
+    """Options every scope takes, as keyword arguments.
+
+    * ``position`` (int, or one per prompt): the position whose next-token prediction is
+      explained; default ``-1``, the last prompt token.
+    * ``prepend_bos`` (bool | None): passed to ``model.to_tokens`` for text prompts.
+    * ``sources``: where the scores are taken (default: the input embeddings). Hook names,
+      a names filter, or a shortcut (``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``,
+      ``"attn_out"``, ``"mlp_out"``, ``"z"``); all sources come from one backward pass.
+    * ``freeze``: linearised variants, ``["norm_scale"]`` and/or ``["attn_pattern"]``.
+    * ``fwd_hooks``: the caller's TransformerLens forward hooks ``[(name, fn)]`` (an
+      ablation, a patch): the scope is computed on the intervened run. Under activation
+      checkpointing (see ``checkpoint``) hooks inside blocks fire twice: once in the
+      forward pass and once more while the backward pass recomputes the block.
+    * ``checkpoint`` (bool | None): recompute each block in the backward pass to save
+      memory on long prompts. ``None`` (default) turns it on by itself above about 1 GiB
+      of attention patterns, and warns if ``fwd_hooks`` are given (pass ``False`` to keep
+      each hook to one call per forward pass).
+    * ``batch_size`` (int): prompts per forward pass when several are given (default 8).
+    * ``verbose`` (bool): a progress bar over the prompts, as in TransformerLens.
+    """
+
+    position: int | Sequence[int]
+    prepend_bos: bool | None
+    sources: SourcesLike
+    freeze: Sequence[FreezeKind]
+    fwd_hooks: HookList
+    checkpoint: bool | None
+    batch_size: int
+    verbose: bool
+
+
+DEFAULTS: CallOptions = {
+    "position": -1,
+    "prepend_bos": None,
+    "sources": None,
+    "freeze": (),
+    "fwd_hooks": (),
+    "checkpoint": None,
+    "batch_size": 8,
+    "verbose": False,
+}
+
+
+def check_options(function: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as a dict, after refusing unknown names the way Python does.
+
+    ``**options: Unpack[CallOptions]`` is checked by type checkers only; at run time a
+    misspelt option would otherwise vanish silently.
+    """
+    unknown = sorted(set(options) - set(CallOptions.__annotations__))
+    if unknown:
+        known = ", ".join(sorted(CallOptions.__annotations__))
+        raise TypeError(
+            f"{function}() got an unexpected keyword argument {unknown[0]!r} "
+            f"(options shared by every scope: {known})"
+        )
+    return dict(options)
