@@ -158,18 +158,29 @@ def test_nan_in_activations_is_reported_not_returned(model):
     )
 
 
+class _InfBackward(torch.autograd.Function):
+    """The identity going forward (every activation and logit stays finite); inf going back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 def test_inf_in_gradients_is_reported(model):
     def inf_grad(x, hook):
-        # finite forward value, infinite backward: d/dx of x·(1+inf·(x−x)) is NaN
-        return x + (x - x.detach()) * float("inf")
+        return _InfBackward.apply(x)
 
     fails(
         model,
-        "NaN or inf",
+        "gradients at 'hook_embed' contain NaN or inf",
         lambda: js.semantic_scope(
             model, helpers.tokens(5), 11, fwd_hooks=[("blocks.0.hook_resid_post", inf_grad)]
         ),
-        error=(js.errors.NonFiniteError, js.errors.ScopeInputError),
+        error=js.errors.NonFiniteError,
     )
 
 
@@ -196,3 +207,84 @@ def test_half_precision_models_give_float32_scores_close_to_float32(kind, dtype)
         assert b.processing["dtype"] == str(dtype).replace("torch.", "")
         rel = ((a.scores - b.scores).norm() / a.scores.norm()).item()
         assert rel < 0.1
+
+
+def test_every_error_has_the_one_root_and_keeps_its_builtin_base():
+    errors = js.errors
+    for cls, base in [
+        (errors.ScopeInputError, ValueError),
+        (errors.TemperatureUndefinedError, ValueError),
+        (errors.NonFiniteError, FloatingPointError),
+        (errors.ResultFileError, ValueError),
+    ]:
+        assert issubclass(cls, js.JacobianScopesError) and issubclass(cls, base), cls
+
+
+def _no_forward(model):
+    """Counts forward passes of ``model``: a refusal must come before any."""
+    calls = []
+    handle = torch.nn.Module.register_forward_pre_hook(model, lambda *a: calls.append(1))
+    return calls, handle
+
+
+TP = "blocks.0.attn.hook_pattern"
+REFUSED_BEFORE_ANY_FORWARD = {
+    "a source after the explained activation": (
+        lambda m: js.semantic_scope(m, "w1 w2", 11, sources="unembed.hook_out"),
+        "comes after the explained",
+    ),
+    "an explained attention pattern": (
+        lambda m: js.scope(m, "w1 w2", torch.ones(4, 2, 2), at=TP),
+        "not one activation per position",
+    ),
+    "no VJPs per pass": (lambda m: js.fisher_scope(m, "w1 w2", vjp_batch_size=0), "vjp_batch"),
+    "a seed that is not an int": (lambda m: js.fisher_scope(m, "w1 w2", seed="x"), "seed"),
+    "freeze=None": (lambda m: js.semantic_scope(m, "w1 w2", 11, freeze=None), "freeze"),
+    "a foil equal to the target": (
+        lambda m: js.semantic_scope(m, "w1 w2", "w3", foil="w3"),
+        "the target itself",
+    ),
+    "a prompt of white space": (lambda m: js.temperature_scope(m, " \n\t "), "white space"),
+    "a lone surrogate": (lambda m: js.semantic_scope(m, "w1 \ud800", 11), "lone surrogate"),
+    "a target with a lone surrogate": (
+        lambda m: js.semantic_scope(m, "w1", "\udc80"),
+        "lone surrogate",
+    ),
+    "a misspelt option": (lambda m: js.temperature_scope(m, "w1", positon=0), "positon"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BEFORE_ANY_FORWARD))
+def test_bad_options_are_refused_clearly_before_any_forward_pass(model, case):
+    call, match = REFUSED_BEFORE_ANY_FORWARD[case]
+    calls, handle = _no_forward(model)
+    try:
+        error = TypeError if case == "a misspelt option" else js.errors.ScopeInputError
+        fails(model, match, lambda: call(model), error=error)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_a_source_that_does_not_feed_the_explained_activation_is_refused(model):
+    # The names alone do not order a norm's hooks against the MLP output of the same block;
+    # autograd does, after the backward pass.
+    late = next(n for n in model.hook_dict if n.startswith("blocks.0.ln2.") or "ln2.hook" in n)
+    fails(
+        model,
+        "do not influence the explained activation",
+        lambda: js.scope(
+            model, "w1 w2", torch.ones(helpers.D_MODEL), at="blocks.0.hook_attn_out", sources=[late]
+        ),
+    )
+
+
+def test_any_integer_type_is_a_position(model):
+    import numpy as np
+
+    want = js.semantic_scope(model, "w1 w2 w3", 11, position=1).scores
+    for position in (np.int64(1), np.int32(1), torch.tensor(1)):
+        assert torch.equal(js.semantic_scope(model, "w1 w2 w3", 11, position=position).scores, want)
+    fails(
+        model, "position must be an int", lambda: js.semantic_scope(model, "w1", 11, position=1.0)
+    )

@@ -4,6 +4,8 @@ model exactly as it was."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -54,6 +56,40 @@ def test_a_users_hook_inside_a_block_is_applied_in_the_recomputation_too(tiny):
     ckpt = js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=True)
     torch.testing.assert_close(ckpt.scores, plain.scores, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(plain.scores, js.semantic_scope(model, toks, 11).scores)
+
+
+def test_hooks_inside_blocks_fire_once_more_under_checkpointing(tiny):
+    """The recomputation runs the blocks again during the backward pass (documented in the
+    ``fwd_hooks`` option); a hook outside the blocks fires once either way."""
+    model, _, _ = tiny
+    toks = helpers.tokens(8)
+    counts = {"inside": 0, "outside": 0}
+
+    def count(where):
+        def hook(x, hook):
+            counts[where] += 1
+
+        return hook
+
+    hooks = [("blocks.0.attn.hook_z", count("inside")), ("hook_embed", count("outside"))]
+    js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=False)
+    assert counts == {"inside": 1, "outside": 1}
+    counts.update(inside=0, outside=0)
+    js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=True)
+    assert counts == {"inside": 2, "outside": 1}
+
+
+def test_automatic_checkpointing_warns_when_the_user_gives_hooks(tiny, monkeypatch):
+    model, _, _ = tiny
+    toks = helpers.tokens(8)
+    hooks = [("blocks.0.hook_resid_post", lambda x, hook: None)]
+    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
+    with pytest.warns(UserWarning, match="checkpoint=False"):
+        js.semantic_scope(model, toks, 11, fwd_hooks=hooks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        js.semantic_scope(model, toks, 11)  # no hooks of the user's: nothing to warn about
+        js.semantic_scope(model, toks, 11, fwd_hooks=hooks, checkpoint=True)  # asked for
 
 
 def test_checkpointing_turns_itself_on_above_the_threshold(tiny, monkeypatch):

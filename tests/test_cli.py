@@ -147,6 +147,45 @@ BAD = {
 }
 
 
+# Checked before any model is loaded: the loader below would fail first otherwise.
+BEFORE_LOAD = {
+    "bad eps": (["attribute", "--prompt", "w1", "--eps", "2"], "--eps must be in [0, 1)"),
+    "bad batch size": (["attribute", "--prompt", "w1", "--batch-size", "0"], "--batch-size"),
+    "unwritable out": (["attribute", "--prompt", "w1", "--out", "/proc/r.json"], "cannot write"),
+    "out is a directory": (["generate", "--prompt", "w1", "--out", "DIR.json"], "is a directory"),
+    "bad position": (["attribute", "--prompt", "w1", "--position", "x"], "invalid int value"),
+    "bad scope": (["attribute", "--prompt", "w1", "--scope", "bogus"], "invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_LOAD))
+def test_bad_arguments_are_refused_in_one_line_before_the_model_loads(
+    tmp_path, monkeypatch, capsys, case
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", never)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DIR.json").mkdir()
+    argv, match = BEFORE_LOAD[case]
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(cli.main(argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and match in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, not the whole usage
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_any_library_error_is_one_line_with_status_2(tiny_loaded, monkeypatch, capsys):
+    def undefined(*args, **kwargs):
+        raise js.errors.TemperatureUndefinedError("the Temperature scope is identically zero")
+
+    monkeypatch.setattr(js.scopes, "temperature_scope", undefined)
+    code, _, err = run(["attribute", "--prompt", "w1 w2", "--scope", "temperature"], capsys)
+    assert code == 2 and err.strip() == "error: the Temperature scope is identically zero"
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exits_with_status_2_and_one_clear_line(tiny_loaded, tmp_path, capsys, case):
     argv, match = BAD[case]

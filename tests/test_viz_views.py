@@ -312,7 +312,9 @@ def _snapshot_views():
 def test_widget_props_match_the_snapshot():
     got = [{"component": c, "props": p} for c, p in widgets(*_snapshot_views())]
     got = json.loads(json.dumps(got))  # tuples → lists, as stored
-    if update_snapshots() or not SNAPSHOT.exists():
+    if not SNAPSHOT.exists() and not update_snapshots():
+        pytest.fail(f"{SNAPSHOT} is missing: run the test with UPDATE_SNAPSHOTS=1 to write it")
+    if update_snapshots():
         SNAPSHOT.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     expected = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
     assert got == expected, "widget props changed; rerun with UPDATE_SNAPSHOTS=1 if intended"

@@ -32,12 +32,7 @@ from jacobian_scopes.batching import (
     per_prompt,
     stack_directions,
 )
-from jacobian_scopes.engine import (
-    CHECKPOINT_ABOVE_BYTES,
-    Pullback,
-    Trace,
-    attention_bytes,
-)
+from jacobian_scopes.engine import Pullback, Trace, wants_checkpoint
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.fisher import FisherPlan
 from jacobian_scopes.inputs import resolve_position, resolve_tokens, single_token
@@ -131,13 +126,14 @@ def prepare(
 def _trace(call: Call, tokens: Tensor, at: str | None) -> Trace:
     checkpoint = call.checkpoint
     if checkpoint is None:
-        checkpoint = attention_bytes(call.adapter, tokens.shape) > CHECKPOINT_ABOVE_BYTES
+        checkpoint = wants_checkpoint(call.adapter, tokens.shape)
         if checkpoint and call.fwd_hooks:
             warnings.warn(
                 "this call checkpoints the blocks to save memory (a long prompt), so your "
-                "fwd_hooks inside blocks fire twice: once in the forward pass and once more "
-                "while the backward pass recomputes the block. Pass checkpoint=False to keep "
-                "them to one call (at the cost of memory), or checkpoint=True to silence this.",
+                "fwd_hooks inside blocks can fire twice: once in the forward pass and once "
+                "more while the backward pass recomputes the block. Pass checkpoint=False to "
+                "keep them to one call (at the cost of memory), or checkpoint=True to silence "
+                "this.",
                 stacklevel=4,
             )
     return Trace(

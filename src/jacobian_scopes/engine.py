@@ -148,7 +148,7 @@ class Trace:
         self.adapter = adapter
         self.tokens = tokens
         if checkpoint is None:
-            checkpoint = attention_bytes(adapter, tokens.shape) > CHECKPOINT_ABOVE_BYTES
+            checkpoint = wants_checkpoint(adapter, tokens.shape)
         self.checkpoint = bool(checkpoint)
         self.taps = {name: GradientTap(name) for name in dict.fromkeys(sources)}
         for tap in self.taps.values():
@@ -264,6 +264,12 @@ class Trace:
         terms ⟨a_t, J_tᵀv⟩ (the linearised effect of zeroing each activation).
         """
         act = self.explanandum
+        if not act.requires_grad:
+            raise ScopeInputError(
+                f"sources {list(self.taps)} do not influence the explained activation "
+                f"{self.capture.name!r} (they come after it in the network); choose sources "
+                "before it"
+            )
         n_batch = act.shape[0]
         pos = torch.as_tensor(positions, dtype=torch.long, device=act.device)
         if pos.dim() == 1:
@@ -327,6 +333,11 @@ class Trace:
 
 #: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
 CHECKPOINT_ABOVE_BYTES = 1 << 30
+
+
+def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int]) -> bool:
+    """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``."""
+    return attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES
 
 
 def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
@@ -426,4 +437,5 @@ __all__ = [
     "checkpointed_blocks",
     "default_batch_size",
     "detach_hook",
+    "wants_checkpoint",
 ]

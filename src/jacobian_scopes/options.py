@@ -55,8 +55,9 @@ class CallOptions(TypedDict, total=False):
     * ``freeze``: linearised variants, ``["norm_scale"]`` and/or ``["attn_pattern"]``.
     * ``fwd_hooks``: the caller's TransformerLens forward hooks ``[(name, fn)]`` (an
       ablation, a patch): the scope is computed on the intervened run. Under activation
-      checkpointing (see ``checkpoint``) hooks inside blocks fire twice: once in the
-      forward pass and once more while the backward pass recomputes the block.
+      checkpointing (see ``checkpoint``) a hook inside a block can fire twice: once in the
+      forward pass and once more while the backward pass recomputes the block (up to the
+      last activation the backward pass needs), so hooks should not count their calls.
     * ``checkpoint`` (bool | None): recompute each block in the backward pass to save
       memory on long prompts. ``None`` (default) turns it on by itself above about 1 GiB
       of attention patterns, and warns if ``fwd_hooks`` are given (pass ``False`` to keep
