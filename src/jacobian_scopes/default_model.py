@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -115,6 +116,13 @@ def default_checkpoint() -> Path:
     # One process dequantises; others (parallel test workers, notebooks) wait for it.
     with FileLock(str(target) + ".lock"):
         if not _complete(target):
+            # A minute of silence on first use looks like a hang: say what is happening.
+            print(
+                f"jacobian-scopes: dequantising the default model to float32 once (about 30 s "
+                f"to a minute); later loads read the cache in {target.parent}",
+                file=sys.stderr,
+                flush=True,
+            )
             _build_checkpoint(source, target)
     return target
 
