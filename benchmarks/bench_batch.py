@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 import jacobian_scopes as js
+from jacobian_scopes.eval.passages import LAMBADA_200
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lambada_200.json"
+DATA = LAMBADA_200
 
 
 def lambada(model, n: int) -> tuple[list[str], list[int]]:

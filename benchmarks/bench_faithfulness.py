@@ -36,10 +36,10 @@ import jacobian_scopes as js
 from jacobian_scopes.default_model import HF_NAME
 from jacobian_scopes.eval import evaluate
 from jacobian_scopes.eval.methods import default_methods
-from jacobian_scopes.eval.passages import load_lambada
+from jacobian_scopes.eval.passages import LAMBADA_200, load_lambada
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path("../shared/data/lambada_200.json")  # relative to the repository root
+DATA = LAMBADA_200  # shipped with the package
 
 # Liu et al. (2026), Llama-3.2-1B, 1000 LAMBADA passages. Their input × gradient and IG
 # score tokens by the L2 norm of the attribution vector: our *_norm rows.

@@ -29,6 +29,7 @@ import jacobian_scopes as js
 from common import fmt_bytes, peak_rss_delta
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.engine import attention_bytes
+from jacobian_scopes.eval.passages import LAMBADA_200
 
 
 def smollm(layers: int | None):
@@ -65,7 +66,7 @@ def estimate(adapter: ModelAdapter, n: int, checkpoint: bool) -> int:
 
 def prompt_tokens(model, n: int) -> torch.Tensor:
     """Real text (LAMBADA passages, repeated) cut to exactly n tokens, BOS first."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "lambada_200.json"
+    data = LAMBADA_200
     texts = [d["text"] for d in json.loads(data.read_text())]
     ids = model.to_tokens(" ".join(texts), truncate=False)[0]
     while ids.numel() < n:

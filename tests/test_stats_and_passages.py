@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import jacobian_scopes as js
 from jacobian_scopes.eval import stats
-from jacobian_scopes.eval.passages import Passage, as_passages, load_lambada, split_last_word
+from jacobian_scopes.eval.passages import (
+    LAMBADA_200,
+    Passage,
+    as_passages,
+    load_lambada,
+    split_last_word,
+)
 from jacobian_scopes.eval.store import ResultsStore
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lambada_200.json"
+DATA = LAMBADA_200
 
 
 def pearson(a, b):
@@ -95,7 +100,6 @@ def test_passages_get_stable_distinct_keys():
     assert split_last_word("It was her \n\n  dream ") == ("It was her", " dream")
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="../shared/data/lambada_200.json is not present")
 def test_lambada_passages_end_before_their_last_word():
     ps = load_lambada(DATA)
     raw = json.loads(DATA.read_text(encoding="utf-8"))

@@ -81,9 +81,14 @@ def split_last_word(text: str) -> tuple[str, str]:
     return m.group("prompt"), " " + m.group("word")
 
 
-def load_lambada(path: str | Path, limit: int | None = None) -> list[Passage]:
+#: The 200 LAMBADA passages shipped with the package (CC BY 4.0; see data/README.md).
+LAMBADA_200 = Path(__file__).with_name("data") / "lambada_200.json"
+
+
+def load_lambada(path: str | Path = LAMBADA_200, limit: int | None = None) -> list[Passage]:
     """LAMBADA passages from a JSON list of ``{"text": ...}``: the prompt is the passage
     without its last word; the reference target is that word (its first token is used).
+    By default the 200 passages shipped with the package (:data:`LAMBADA_200`).
 
     Example:
         >>> passages = load_lambada("../shared/data/lambada_200.json", limit=5)  # doctest: +SKIP
