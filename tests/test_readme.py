@@ -10,16 +10,19 @@ import torch
 
 pytestmark = pytest.mark.real
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 NEEDS_INTERNET = ('boot_transformers("gpt2")', "from_pretrained")
 
 
-def python_blocks() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_blocks(page: Path) -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     return [b for b in blocks if not any(marker in b for marker in NEEDS_INTERNET)]
 
 
-def test_readme_examples_run(smollm, monkeypatch, tmp_path):
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_readme_and_docs_examples_run(page, smollm, monkeypatch, tmp_path):
     import jacobian_scopes as js
 
     monkeypatch.chdir(tmp_path)  # the examples save figures and pages
@@ -30,7 +33,8 @@ def test_readme_examples_run(smollm, monkeypatch, tmp_path):
         "direction": torch.randn(d),  # stand-ins for the user's own vectors
         "sae_feature": torch.randn(d),
     }
-    blocks = python_blocks()
-    assert len(blocks) >= 2
+    blocks = python_blocks(page)
+    if page == README:
+        assert len(blocks) >= 2
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block, str(page), "exec"), namespace)

@@ -16,7 +16,7 @@ with the same numbers as one by one. The options every scope shares are the keys
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from jaxtyping import Float
 from torch import Tensor
@@ -36,10 +36,56 @@ from jacobian_scopes.options import (
 from jacobian_scopes.results import ScopeResult, ScopeResults
 
 PromptOrPrompts = Prompt | Sequence[Prompt]
+#: Several prompts for certain: a list of texts, of token tensors or of id lists.
+Prompts = list[str] | list[Tensor] | list[list[int]]
+#: One prompt for certain (a tensor may hold one prompt or a batch of rows).
+OnePrompt = str | list[int]
 
 
 def _one_or_many(results: list[ScopeResult], many: bool) -> ScopeResult | ScopeResults:
     return ScopeResults(results) if many else results[0]
+
+
+@overload
+def semantic_scope(
+    model: Any,
+    prompt: OnePrompt,
+    target: TargetLike | Sequence[TargetLike | None] | None = ...,
+    *,
+    mode: SemanticMode | None = ...,
+    foil: TargetLike | Sequence[TargetLike | None] | None = ...,
+    multi_token: bool = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult: ...
+
+
+@overload
+def semantic_scope(
+    model: Any,
+    prompt: Prompts,
+    target: TargetLike | Sequence[TargetLike | None] | None = ...,
+    *,
+    mode: SemanticMode | None = ...,
+    foil: TargetLike | Sequence[TargetLike | None] | None = ...,
+    multi_token: bool = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResults: ...
+
+
+@overload
+def semantic_scope(
+    model: Any,
+    prompt: PromptOrPrompts,
+    target: TargetLike | Sequence[TargetLike | None] | None = ...,
+    *,
+    mode: SemanticMode | None = ...,
+    foil: TargetLike | Sequence[TargetLike | None] | None = ...,
+    multi_token: bool = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult | ScopeResults: ...
 
 
 def semantic_scope(
@@ -52,7 +98,7 @@ def semantic_scope(
     multi_token: bool = False,
     return_vectors: bool = False,
     **options: Unpack[CallOptions],
-) -> Any:
+) -> ScopeResult | ScopeResults:
     """Which input tokens drive the prediction of ``target``: ``S_t = ‖J_tᵀ v‖``.
 
     Args:
@@ -106,13 +152,43 @@ def semantic_scope(
     return _one_or_many(results, many)
 
 
+@overload
+def temperature_scope(
+    model: Any,
+    prompt: OnePrompt,
+    *,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult: ...
+
+
+@overload
+def temperature_scope(
+    model: Any,
+    prompt: Prompts,
+    *,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResults: ...
+
+
+@overload
+def temperature_scope(
+    model: Any,
+    prompt: PromptOrPrompts,
+    *,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult | ScopeResults: ...
+
+
 def temperature_scope(
     model: Any,
     prompt: PromptOrPrompts,
     *,
     return_vectors: bool = False,
     **options: Unpack[CallOptions],
-) -> Any:
+) -> ScopeResult | ScopeResults:
     """Which input tokens set the model's confidence: ``S_t = ‖∂‖y‖/∂x_t‖``.
 
     ``y = β ŷ`` with ``β = ‖y‖`` acting as an inverse temperature of the next-token softmax;
@@ -135,6 +211,54 @@ def temperature_scope(
     return _one_or_many(results, many)
 
 
+@overload
+def fisher_scope(
+    model: Any,
+    prompt: OnePrompt,
+    *,
+    method: FisherMethodName = ...,
+    eps: float = ...,
+    rank: int | None = ...,
+    n_probes: int = ...,
+    decompose: bool = ...,
+    seed: int | None = ...,
+    vjp_batch_size: int | None = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult: ...
+
+
+@overload
+def fisher_scope(
+    model: Any,
+    prompt: Prompts,
+    *,
+    method: FisherMethodName = ...,
+    eps: float = ...,
+    rank: int | None = ...,
+    n_probes: int = ...,
+    decompose: bool = ...,
+    seed: int | None = ...,
+    vjp_batch_size: int | None = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResults: ...
+
+
+@overload
+def fisher_scope(
+    model: Any,
+    prompt: PromptOrPrompts,
+    *,
+    method: FisherMethodName = ...,
+    eps: float = ...,
+    rank: int | None = ...,
+    n_probes: int = ...,
+    decompose: bool = ...,
+    seed: int | None = ...,
+    vjp_batch_size: int | None = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult | ScopeResults: ...
+
+
 def fisher_scope(
     model: Any,
     prompt: PromptOrPrompts,
@@ -147,7 +271,7 @@ def fisher_scope(
     seed: int | None = 0,
     vjp_batch_size: int | None = None,
     **options: Unpack[CallOptions],
-) -> Any:
+) -> ScopeResult | ScopeResults:
     """Which input tokens move the whole next-token distribution: ``tr(J_tᵀ F J_t)``.
 
     ``F`` is the Fisher information of the softmax with respect to ``y``; the score is
@@ -190,6 +314,42 @@ def fisher_scope(
     return _one_or_many(results, _many)
 
 
+@overload
+def scope(
+    model: Any,
+    prompt: OnePrompt,
+    direction: Float[Tensor, "*feature"] | Sequence[Float[Tensor, "*feature"]],
+    *,
+    at: str | None = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult: ...
+
+
+@overload
+def scope(
+    model: Any,
+    prompt: Prompts,
+    direction: Float[Tensor, "*feature"] | Sequence[Float[Tensor, "*feature"]],
+    *,
+    at: str | None = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResults: ...
+
+
+@overload
+def scope(
+    model: Any,
+    prompt: PromptOrPrompts,
+    direction: Float[Tensor, "*feature"] | Sequence[Float[Tensor, "*feature"]],
+    *,
+    at: str | None = ...,
+    return_vectors: bool = ...,
+    **options: Unpack[CallOptions],
+) -> ScopeResult | ScopeResults: ...
+
+
 def scope(
     model: Any,
     prompt: PromptOrPrompts,
@@ -198,7 +358,7 @@ def scope(
     at: str | None = None,
     return_vectors: bool = False,
     **options: Unpack[CallOptions],
-) -> Any:
+) -> ScopeResult | ScopeResults:
     """Attribute any direction ``v`` of a hidden activation: ``S_t = ‖J_tᵀ v‖``.
 
     ``direction`` lives in the space of the activation at hook ``at`` (default: ``y``, the

@@ -260,6 +260,7 @@ def gradient_norm(
         fwd_hooks=fwd_hooks,
         return_vectors=return_vectors,
     )
+    assert isinstance(result, ScopeResult)  # one prompt (baselines take one at a time)
     result.scope = "gradient_norm"
     result.params["baseline"] = "gradient_norm"
     return result

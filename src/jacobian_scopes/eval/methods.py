@@ -22,7 +22,7 @@ from torch import Tensor
 
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.eval import baselines
-from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.results import ScopeResult, ScopeResults
 from jacobian_scopes.scopes import fisher_scope, semantic_scope, temperature_scope
 
 Output = Tensor | ScopeResult
@@ -118,6 +118,11 @@ def random_method(seed: int = 0, name: str = "random") -> Method:
     return Method(name, fn)
 
 
+def _one(result: ScopeResult | ScopeResults) -> ScopeResult:
+    assert isinstance(result, ScopeResult)
+    return result
+
+
 def _two_ways(result: ScopeResult, name: str) -> dict[str, Output]:
     """The signed per-token sum and the L2 norm of ``result.vectors`` (pos, d)."""
     assert isinstance(result.vectors, Tensor)  # input embeddings: one (pos, d) tensor
@@ -169,9 +174,10 @@ def default_methods(
         return _two_ways(r, "input_x_gradient")
 
     methods = [
-        Method("semantic", lambda m, t, y: semantic_scope(m, t, y)),
-        Method("temperature", lambda m, t, y: temperature_scope(m, t)),
-        Method("fisher", lambda m, t, y: fisher_scope(m, t, **fisher_opts)),
+        # ``t`` is one prompt's (1, pos) ids: each scope gives one ScopeResult.
+        Method("semantic", lambda m, t, y: _one(semantic_scope(m, t, y))),
+        Method("temperature", lambda m, t, y: _one(temperature_scope(m, t))),
+        Method("fisher", lambda m, t, y: _one(fisher_scope(m, t, **fisher_opts))),
         Method("gradient_norm", lambda m, t, y: baselines.gradient_norm(m, t, y)),
         Method("input_x_gradient", ixg, variants=("input_x_gradient_norm",)),
         Method("integrated_gradients", ig, variants=("integrated_gradients_norm",)),
