@@ -44,6 +44,7 @@ from jacobian_scopes.guard import frozen
 from jacobian_scopes.inputs import Prompt, TargetLike, single_token
 from jacobian_scopes.results import ScopeResult, Target
 from jacobian_scopes.scopes import _Call, _result, _setup, semantic_scope
+from jacobian_scopes.threads import ThreadGate
 
 MODES = ("logprob", "logit")
 REDUCTIONS = ("sum", "norm")
@@ -202,6 +203,7 @@ def attention(
         return hook
 
     hooks = [*call.fwd_hooks, *((f"blocks.{i}.attn.hook_pattern", grab(i)) for i in layers)]
+    hooks = ThreadGate().hooks(hooks)  # another thread's forward meanwhile passes through
     with torch.no_grad(), frozen(adapter.model), adapter.model.hooks(fwd_hooks=hooks):
         logits = adapter.model(call.tokens)
     missing = [i for i in layers if i not in patterns]
