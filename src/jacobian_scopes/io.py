@@ -25,6 +25,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import stat
 import types
 import typing
 from pathlib import Path
@@ -42,6 +44,7 @@ VERSION = 1
 MAX_BYTES = 512 * 2**20
 MAX_DEPTH = 64
 MAX_ELEMENTS = 2**27  # per tensor: 128M values, far beyond any result of a 8k-token prompt
+MAX_RANK = 16
 
 CLASSES: dict[str, type] = {
     cls.__name__: cls for cls in (Prediction, Target, FisherDetails, ScopeResult, GenerationResult)
@@ -136,30 +139,83 @@ def _encode_tensor(t: Tensor) -> dict[str, Any]:
 def load(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> Any:
     """Read what :func:`save` wrote. Safe on untrusted files (see the module's notes).
 
+    Only a regular file is read (a FIFO, a device or a directory is refused at once), and
+    never more than ``max_bytes + 1`` bytes of it.
+
     Example:
         >>> result = load("reports/demo.json")   # doctest: +SKIP
     """
     path = Path(path)
+    data = _read_regular_file(path, max_bytes)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise ResultFileError(
-            f"{path} is {size} bytes, over the limit of {max_bytes}; pass max_bytes= to "
-            "load larger files you trust"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ResultFileError(f"{path} is not UTF-8 text (not a result file?)") from exc
+    del data
     return loads(text, max_bytes=max_bytes, source=str(path))
+
+
+def _read_regular_file(path: Path, max_bytes: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever. The checks
+    # are made on the opened descriptor, so a symlink swapped meanwhile cannot slip past.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultFileError(
+                f"{path} is not a regular file ({_file_kind(info.st_mode)}); "
+                "a result file is a regular file"
+            )
+        if info.st_size > max_bytes:
+            raise ResultFileError(
+                f"{path} is {info.st_size} bytes, over the limit of {max_bytes}; pass "
+                "max_bytes= to load larger files you trust"
+            )
+        try:
+            data = _read_at_most(file, info.st_size + 1)
+            if len(data) > info.st_size:  # it grew since: read on, up to the limit
+                data += _read_at_most(file, max_bytes + 1 - len(data))
+        except OSError as exc:
+            raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > max_bytes:
+        raise ResultFileError(f"{path} is over the limit of {max_bytes} bytes")
+    return data
+
+
+def _read_at_most(file: Any, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = file.read(min(n, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") -> Any:
     """Parse the JSON text of a result file (see :func:`load`)."""
     if len(text) > max_bytes:
         raise ResultFileError(f"{source}: {len(text)} characters, over the limit of {max_bytes}")
+    _check_containers(text, source)
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
@@ -182,28 +238,80 @@ def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") ->
     return _Decoder(source).decode(document["content"], "content", 0)
 
 
+#: A result file is mostly numbers: it never holds more than one list or object per this
+#: many characters (a small result: one per ~25; a 3-token one-line tensor: one per ~15).
+#: An empty list costs Python 56 bytes and its 3 characters ("[],"), so without this bound
+#: a file of them would take ~20 times its size in memory.
+CHARS_PER_CONTAINER = 12
+MIN_CONTAINERS = 1 << 17
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+
+
+def _check_containers(text: str, source: str) -> None:
+    limit = max(MIN_CONTAINERS, len(text) // CHARS_PER_CONTAINER)
+    if text.count("[") + text.count("{") <= limit:  # brackets inside strings counted too
+        return
+    bare = _STRING.sub("", text)
+    n = bare.count("[") + bare.count("{")
+    del bare
+    if n > limit:
+        raise ResultFileError(
+            f"{source}: {n} lists and objects in {len(text)} characters; a result file holds "
+            f"at most one per {CHARS_PER_CONTAINER} characters (or {MIN_CONTAINERS} in all)"
+        )
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed (non-finite numbers are written as tagged strings)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUMBER_TYPES = frozenset({int, float})
+_SCALAR_TYPES = frozenset({int, float, bool, type(None)})
+
+# A location in the file: a string, or (parent, key) built up as the decoder descends, made
+# into text only for an error message (formatting one per list element would cost seconds).
+Where = str | tuple[Any, Any]
+
+
+def _where_text(where: Where) -> str:
+    parts = []
+    while isinstance(where, tuple):
+        where, key = where
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return where + "".join(reversed(parts))
 
 
 class _Decoder:
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, where: str, message: str) -> ResultFileError:
-        return ResultFileError(f"{self.source}: {where}: {message}")
+    def fail(self, where: Where, message: str) -> ResultFileError:
+        return ResultFileError(f"{self.source}: {_where_text(where)}: {message}")
 
-    def decode(self, value: Any, where: str, depth: int) -> Any:
+    def text(self, value: str, where: Where) -> str:
+        if not value.isascii() and _SURROGATE.search(value):
+            raise self.fail(where, "a string holds a lone surrogate (not valid Unicode text)")
+        return value
+
+    def decode(self, value: Any, where: Where, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise self.fail(where, "nested too deeply")
-        if value is None or isinstance(value, (bool, int, float, str)):
+        if value is None or isinstance(value, (bool, int, float)):
             return value
+        if isinstance(value, str):
+            return self.text(value, where)
         if isinstance(value, list):
-            return [self.decode(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+            kinds = set(map(type, value))
+            if kinds <= _SCALAR_TYPES:  # numbers: nothing to decode, keep the list
+                return value
+            return [self.decode(v, (where, i), depth + 1) for i, v in enumerate(value)]
         assert isinstance(value, dict)
         tags = [k for k in value if k.startswith("$")]
         if not tags:
-            return {k: self.decode(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            return {
+                self.text(k, where): self.decode(v, (where, k), depth + 1) for k, v in value.items()
+            }
         tag = tags[0]
         if tag == "$obj":
             return self.decode_obj(value, where, depth)
@@ -213,7 +321,7 @@ class _Decoder:
         if tag == "$tensor":
             return self.decode_tensor(body, where)
         if tag == "$float":
-            if body not in _NONFINITE:
+            if not isinstance(body, str) or body not in _NONFINITE:
                 raise self.fail(where, f"$float must be 'nan', 'inf' or '-inf', got {body!r}")
             return _NONFINITE[body]
         if tag == "$tuple":
@@ -227,22 +335,31 @@ class _Decoder:
                 raise self.fail(where, "$dict must hold a list of [key, value] pairs")
             out = {}
             for i, (k, v) in enumerate(body):
-                key = self.decode(k, f"{where}<key {i}>", depth + 1)
+                key = self.decode(k, (where, f"<key {i}>"), depth + 1)
                 if not isinstance(key, (str, int, float, bool, tuple)) and key is not None:
                     raise self.fail(where, f"unusable dict key {key!r}")
-                out[key] = self.decode(v, f"{where}[{key!r}]", depth + 1)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise self.fail(where, f"unusable dict key {key!r} (unhashable)") from None
+                out[key] = self.decode(v, (where, repr(key)), depth + 1)
             return out
         raise self.fail(where, f"unknown tag {tag!r}")
 
-    def decode_tensor(self, body: Any, where: str) -> Tensor:
+    def decode_tensor(self, body: Any, where: Where) -> Tensor:
         if not isinstance(body, dict) or set(body) != {"dtype", "shape", "data"}:
             raise self.fail(where, "$tensor needs exactly dtype, shape and data")
         dtype = _DTYPES.get(body["dtype"]) if isinstance(body["dtype"], str) else None
         if dtype is None:
             raise self.fail(where, f"unsupported tensor dtype {body['dtype']!r}")
         shape = body["shape"]
-        if not isinstance(shape, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_RANK
+            or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_ELEMENTS
+                for n in shape
+            )
         ):
             raise self.fail(where, f"bad tensor shape {shape!r}")
         numel = math.prod(shape)
@@ -252,24 +369,15 @@ class _Decoder:
         if not isinstance(data, list) or len(data) != numel:
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise self.fail(where, f"shape {shape} needs {numel} values, got {got}")
+        kinds = set(map(type, data))
         if dtype.is_floating_point:
-            values = []
-            for x in data:
-                if isinstance(x, str) and x in _NONFINITE:
-                    values.append(_NONFINITE[x])
-                elif isinstance(x, (int, float)) and not isinstance(x, bool):
-                    values.append(float(x))
-                else:
-                    raise self.fail(where, f"{x!r} is not a number")
-            # float64 first: the values are exact doubles, and the cast to a narrower
-            # dtype is exact too, because they were written from that dtype.
-            flat = torch.tensor(values, dtype=torch.float64).to(dtype)
+            flat = self.float_data(data, kinds, dtype, where)
         elif dtype == torch.bool:
-            if not all(isinstance(x, bool) for x in data):
+            if not kinds <= {bool}:
                 raise self.fail(where, "a bool tensor holds true/false only")
             flat = torch.tensor(data, dtype=torch.bool)
         else:
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+            if not kinds <= {int}:
                 raise self.fail(where, "an integer tensor holds integers only")
             info = torch.iinfo(dtype)
             if data and not (info.min <= min(data) and max(data) <= info.max):
@@ -277,7 +385,47 @@ class _Decoder:
             flat = torch.tensor(data, dtype=dtype)
         return flat.reshape(shape)
 
-    def decode_obj(self, value: dict[str, Any], where: str, depth: int) -> Any:
+    def float_data(
+        self, data: list[Any], kinds: set[type], dtype: torch.dtype, where: Where
+    ) -> Tensor:
+        # float64 first: the values are exact doubles, and the cast to a narrower dtype is
+        # exact too, because they were written from that dtype.
+        tagged = None
+        if kinds <= _NUMBER_TYPES:
+            try:
+                flat = torch.tensor(data, dtype=torch.float64)
+            except (OverflowError, RuntimeError):
+                raise self.fail(where, "a number out of the range of float64") from None
+        else:
+            values = []
+            tagged = []
+            for x in data:
+                if type(x) is str and x in _NONFINITE:
+                    values.append(_NONFINITE[x])
+                    tagged.append(len(values) - 1)
+                elif type(x) is float or type(x) is int:
+                    values.append(x)
+                else:
+                    raise self.fail(where, f"{x!r} is not a number")
+            try:
+                flat = torch.tensor(values, dtype=torch.float64)
+            except (OverflowError, RuntimeError):
+                raise self.fail(where, "a number out of the range of float64") from None
+            del values
+        finite = torch.isfinite(flat)
+        if tagged:
+            finite[tagged] = True
+        if not bool(finite.all()):
+            # 1e400 parses as inf: only the tags "nan", "inf", "-inf" may be non-finite.
+            raise self.fail(where, "a number out of the range of float64")
+        narrow = flat.to(dtype)
+        if dtype != torch.float64 and not bool(
+            (torch.isfinite(narrow) | ~torch.isfinite(flat)).all()
+        ):
+            raise self.fail(where, f"a number out of the range of {dtype}".replace("torch.", ""))
+        return narrow
+
+    def decode_obj(self, value: dict[str, Any], where: Where, depth: int) -> Any:
         if set(value) != {"$obj", "fields"}:
             raise self.fail(where, "$obj needs exactly $obj and fields")
         name = value["$obj"]
@@ -287,25 +435,19 @@ class _Decoder:
         raw = value["fields"]
         if not isinstance(raw, dict):
             raise self.fail(where, "fields must be an object")
-        spec = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(spec))
+        spec, required, hints = _schema(cls)
+        unknown = sorted(set(raw) - spec)
         if unknown:
             raise self.fail(where, f"{name} has no field(s) {unknown}")
-        required = [
-            n
-            for n, f in spec.items()
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
         missing = [n for n in required if n not in raw]
         if missing:
             raise self.fail(where, f"{name} is missing field(s) {missing}")
-        hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, item in raw.items():
-            decoded = self.decode(item, f"{where}.{key}", depth + 1)
+            decoded = self.decode(item, (where, key), depth + 1)
             if not _matches(decoded, hints[key]):
                 raise self.fail(
-                    f"{where}.{key}",
+                    (where, key),
                     f"{name}.{key} must be {_describe(hints[key])}, got {_describe_value(decoded)}",
                 )
             kwargs[key] = decoded
@@ -314,6 +456,22 @@ class _Decoder:
         if problem:
             raise self.fail(where, f"inconsistent {name}: {problem}")
         return obj
+
+
+_SCHEMAS: dict[type, tuple[frozenset[str], list[str], dict[str, Any]]] = {}
+
+
+def _schema(cls: type) -> tuple[frozenset[str], list[str], dict[str, Any]]:
+    """(field names, required field names, type hints) of a result class, worked out once."""
+    if cls not in _SCHEMAS:
+        fields = dataclasses.fields(cls)
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        _SCHEMAS[cls] = (frozenset(f.name for f in fields), required, typing.get_type_hints(cls))
+    return _SCHEMAS[cls]
 
 
 # ------------------------------------------------------------------------ schema check
@@ -362,24 +520,74 @@ def _describe_value(value: Any) -> str:
 
 
 def _invariants(obj: Any) -> str | None:
-    """Consistency between fields that the annotations cannot express."""
+    """Consistency between fields that the annotations cannot express, and the value ranges
+    that tables, pages and a second save rely on."""
+    if isinstance(obj, Prediction):
+        if obj.token_id < 0:
+            return f"negative token id {obj.token_id}"
+        if not _is_probability(obj.prob):
+            return f"prob {obj.prob!r} is not a probability"
+    if isinstance(obj, Target):
+        ids = [*obj.ids, *([] if obj.foil_id is None else [obj.foil_id])]
+        if any(i < 0 for i in ids):
+            return "a negative token id"
+    if isinstance(obj, FisherDetails):
+        if any(i < 0 for i in obj.candidate_ids):
+            return "a negative candidate token id"
+        if not all(_is_probability(p) for p in obj.candidate_probs):
+            return "a candidate probability outside [0, 1]"
     if isinstance(obj, ScopeResult):
         n = obj.n_tokens
         if len(obj.str_tokens) != n:
             return f"{len(obj.str_tokens)} str_tokens for {n} tokens"
         if obj.scores.dim() == 0 or obj.scores.shape[-1] != n:
             return f"scores of shape {list(obj.scores.shape)} for {n} tokens"
+        if len(obj.score_axes) != obj.scores.dim():
+            return f"{len(obj.score_axes)} score_axes for scores of shape {list(obj.scores.shape)}"
         if not all(0 <= p < n for p in [obj.position, *obj.positions]):
             return "a position outside the tokens"
+        if n and int(obj.tokens.min()) < 0:
+            return "a negative token id"
+        if not bool(torch.isfinite(obj.scores).all()):
+            return "scores are NaN or infinite"
+        if obj.first_order is not None and (
+            obj.first_order.shape != obj.scores.shape
+            or not bool(torch.isfinite(obj.first_order).all())
+        ):
+            return "first_order needs the shape of scores and finite values"
+        if obj.source_labels is not None and (
+            obj.scores.dim() < 2 or len(obj.source_labels) != obj.scores.shape[0]
+        ):
+            return f"{len(obj.source_labels)} source_labels for scores {list(obj.scores.shape)}"
     if isinstance(obj, GenerationResult):
         n = obj.tokens.shape[0]
         if len(obj.str_tokens) != n or not 0 < obj.n_prompt <= n:
             return "tokens, str_tokens and n_prompt disagree"
-        if obj.scores.shape != (len(obj.positions), max(0, n - 1)):
+        if n and int(obj.tokens.min()) < 0:
+            return "a negative token id"
+        context = max(0, n - 1)
+        if obj.scores.shape != (len(obj.positions), context):
             return f"scores of shape {list(obj.scores.shape)} for this sequence"
+        if not all(0 <= p < context for p in obj.positions):
+            return "a generation position outside the sequence"
         if len(obj.token_probs) != len(obj.positions):
             return "one token probability per generated token is needed"
+        if not all(_is_probability(p) for p in obj.token_probs):
+            return "a token probability outside [0, 1]"
+        # Each row is scored up to its position; what comes after is NaN by design.
+        seen = torch.arange(context)[None] <= torch.tensor(obj.positions, dtype=torch.long)[:, None]
+        if not bool(torch.isfinite(obj.scores[seen]).all()):
+            return "scores are NaN or infinite where a generated token could see"
+        if obj.first_order is not None and (
+            obj.first_order.shape != obj.scores.shape
+            or not bool(torch.isfinite(obj.first_order[seen]).all())
+        ):
+            return "first_order needs the shape of scores and finite values"
     return None
+
+
+def _is_probability(p: Any) -> bool:
+    return bool(0 <= p <= 1)  # False for NaN
 
 
 # --------------------------------------------------------------------------- tables
