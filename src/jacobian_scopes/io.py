@@ -163,11 +163,8 @@ def _read_regular_file(path: Path, max_bytes: int) -> bytes:
         fd = os.open(path, flags)
     except OSError as exc:
         raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb", buffering=0) as file:
-        try:
-            info = os.fstat(fd)
-        except OSError as exc:
-            raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ResultFileError(
                 f"{path} is not a regular file ({_file_kind(info.st_mode)}); "
@@ -178,6 +175,13 @@ def _read_regular_file(path: Path, max_bytes: int) -> bytes:
                 f"{path} is {info.st_size} bytes, over the limit of {max_bytes}; pass "
                 "max_bytes= to load larger files you trust"
             )
+    except OSError as exc:
+        os.close(fd)
+        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as file:
         try:
             data = _read_at_most(file, info.st_size + 1)
             if len(data) > info.st_size:  # it grew since: read on, up to the limit
