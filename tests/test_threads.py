@@ -155,3 +155,27 @@ def test_the_lock_is_per_model():
         assert done.wait(60), "a call on another model waited for this one's lock"
     other.join()
     assert time.perf_counter() - start < 60
+
+
+def test_checkpoint_recomputation_in_another_thread_counts_as_the_calls_work(model):
+    # On CUDA autograd runs the backward pass, and with it the recomputation of
+    # checkpointed blocks, in threads of its own; here a thread of ours stands in for it.
+    from jacobian_scopes.adapter import ModelAdapter
+    from jacobian_scopes.engine import Trace
+
+    adapter = ModelAdapter(model)
+    toks = PROMPTS[2][None]
+    v = adapter.W_U[:, 11][None, None]
+    squared = {}
+    for checkpoint in (False, True):
+        with Trace(adapter, toks, ["blocks.1.hook_resid_pre"], checkpoint=checkpoint) as tr:
+            out = {}
+            worker = threading.Thread(
+                target=lambda tr=tr, out=out: out.update(
+                    sq=tr.pullback([toks.shape[1] - 1], v).squared["blocks.1.hook_resid_pre"]
+                )
+            )
+            worker.start()
+            worker.join(60)
+        squared[checkpoint] = out["sq"]
+    assert torch.equal(squared[True], squared[False])
