@@ -22,6 +22,8 @@ from pathlib import Path
 
 HEADER = '{"format":"jacobian-scopes","version":1,"content":'
 PREDICTION = '{"$obj":"Prediction","fields":{"token_id":7,"token":" the","prob":0.25}},'
+# Long enough per object to pass the bound on result objects per character.
+LONG_PREDICTION = PREDICTION.replace(" the", " the" * 20)
 
 
 def _repeat(unit: str, size: int) -> str:
@@ -35,7 +37,16 @@ def write_cases(folder: Path, size: int) -> dict[str, Path]:
         "empty objects {},": HEADER + "[" + _repeat("{},", size) + "{}]}",
         "ints 1,": HEADER + "[" + _repeat("1,", size) + "1]}",
         "floats 1.5,": HEADER + "[" + _repeat("1.5,", size) + "1.5]}",
-        "predictions": HEADER + "[" + _repeat(PREDICTION, size) + PREDICTION[:-1] + "]}",
+        "predictions (73 chars each)": HEADER
+        + "["
+        + _repeat(PREDICTION, size)
+        + PREDICTION[:-1]
+        + "]}",
+        "predictions (149 chars each)": HEADER
+        + "["
+        + _repeat(LONG_PREDICTION, size)
+        + LONG_PREDICTION[:-1]
+        + "]}",
         "brackets in strings": HEADER + "[" + _repeat('"[[[[{{{{",', size) + '""]}',
     }
     n = size // 2
@@ -68,10 +79,16 @@ def run():
         return "loaded"
     except js.ResultFileError as exc:
         return "refused: " + str(exc)[-90:]
+import resource
+from common import _rss
+before = _rss()
 start = time.perf_counter()
 grew, outcome = peak_rss_delta(run)
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_bytes": grew,
-                  "outcome": outcome}}))
+seconds = time.perf_counter() - start
+# The process's high-water mark as well: the sampling thread cannot run while a C call
+# (json's parser) holds the interpreter.
+high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps({{"seconds": seconds, "peak_rss_bytes": max(grew, high), "outcome": outcome}}))
 """
 
 

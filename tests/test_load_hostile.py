@@ -118,6 +118,17 @@ def test_a_flood_of_empty_containers_is_refused_before_parsing(tmp_path, unit):
     assert time.perf_counter() - start < 20  # refused, not built (measured: bench_load.py)
 
 
+def test_a_flood_of_small_result_objects_is_refused_before_parsing(tmp_path):
+    one = '{"$obj":"Prediction","fields":{"token_id":7,"token":" the","prob":0.25}},'
+    path = _write(tmp_path, HEADER + "[" + one * 60_000 + one[:-1] + "]}")
+    with pytest.raises(js.ResultFileError, match="result objects"):
+        _load_within(path)
+    # A few are fine, and so is the text "$obj" as a token.
+    path = _write(tmp_path, HEADER + "[" + one * 100 + '"$obj"]}')
+    got = _load_within(path)
+    assert len(got) == 101 and got[0] == js.Prediction(7, " the", 0.25) and got[-1] == "$obj"
+
+
 def test_brackets_inside_strings_do_not_count(tmp_path):
     tokens = ["[{" * 20] * 20_000  # 800k brackets, all inside strings
     path = tmp_path / "ok.json"

@@ -251,10 +251,22 @@ def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") ->
 #: a file of them would take ~20 times its size in memory.
 CHARS_PER_CONTAINER = 12
 MIN_CONTAINERS = 1 << 17
+#: Result objects ($obj) are checked one by one in Python (~10 µs each): a file holds at
+#: most one per this many characters (the smallest result, 2 tokens: one per ~200).
+CHARS_PER_OBJECT = 128
+MIN_OBJECTS = 4096
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 
 
 def _check_containers(text: str, source: str) -> None:
+    # A quote can appear inside a JSON string only escaped, so '"$obj"' is a tag (or a
+    # string that is exactly "$obj"; counting it too only errs on the safe side).
+    n_objects = text.count('"$obj"')
+    if n_objects > max(MIN_OBJECTS, len(text) // CHARS_PER_OBJECT):
+        raise ResultFileError(
+            f"{source}: {n_objects} result objects in {len(text)} characters; a result file "
+            f"holds at most one per {CHARS_PER_OBJECT} characters (or {MIN_OBJECTS} in all)"
+        )
     limit = max(MIN_CONTAINERS, len(text) // CHARS_PER_CONTAINER)
     if text.count("[") + text.count("{") <= limit:  # brackets inside strings counted too
         return
@@ -275,6 +287,7 @@ def _reject_constant(name: str) -> Any:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NUMBER_TYPES = frozenset({int, float})
 _SCALAR_TYPES = frozenset({int, float, bool, type(None)})
+_TEXT_TYPES = _SCALAR_TYPES | {str}
 
 # A location in the file: a string, or (parent, key) built up as the decoder descends, made
 # into text only for an error message (formatting one per list element would cost seconds).
@@ -311,6 +324,13 @@ class _Decoder:
         if isinstance(value, list):
             kinds = set(map(type, value))
             if kinds <= _SCALAR_TYPES:  # numbers: nothing to decode, keep the list
+                return value
+            if kinds <= _TEXT_TYPES:  # e.g. str_tokens: check the text, keep the list
+                strings = value if len(kinds) == 1 else [v for v in value if type(v) is str]
+                if not all(map(str.isascii, strings)):
+                    for i, v in enumerate(value):
+                        if type(v) is str:
+                            self.text(v, (where, i))
                 return value
             return [self.decode(v, (where, i), depth + 1) for i, v in enumerate(value)]
         assert isinstance(value, dict)
