@@ -14,9 +14,13 @@ plain JSON plus a few tagged objects, each a JSON object with exactly one key:
   (:data:`CLASSES`). Loading checks every field against the class's type annotations
   (tensor dtypes and ranks included) and a few invariants between fields.
 
-Loading never imports, evaluates or calls anything named in the file, rejects files over
-``max_bytes`` before reading them, and turns every malformation into a
-:class:`ResultFileError` that says where it is. Tensors load on the CPU; no model is needed.
+Loading never imports, evaluates or calls anything named in the file, reads only regular
+files and never more than ``max_bytes + 1`` bytes of them, bounds what the file can make it
+build (lists and objects, result objects, per character of the file, counted before
+parsing; tensor values against their declared shape), and turns every malformation into a
+:class:`ResultFileError` that says where it is, including values that would only break
+later (non-finite scores, negative token ids, lengths that disagree, lone surrogates).
+Tensors load on the CPU; no model is needed.
 """
 
 from __future__ import annotations
