@@ -400,9 +400,21 @@ class _Decoder:
         if not isinstance(data, list) or len(data) != numel:
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise self.fail(where, f"shape {shape} needs {numel} values, got {got}")
+        # From here on this function holds the only reference to the list of values, so
+        # that it is freed as soon as the tensor is built (the peak memory of a file that
+        # is one big tensor: the list and a float64 copy, never more).
+        body["data"] = None
         kinds = set(map(type, data))
         if dtype.is_floating_point:
-            flat = self.float_data(data, kinds, dtype, where)
+            tagged: list[int] = []
+            if not kinds <= _NUMBER_TYPES:
+                data, tagged = self.untag(data, where)
+            try:
+                wide = _from_numbers(data, "d", torch.float64)
+            except OverflowError:
+                raise self.fail(where, "a number out of the range of float64") from None
+            del data
+            flat = self.narrow(wide, tagged, dtype, where)
         elif dtype == torch.bool:
             if not kinds <= {bool}:
                 raise self.fail(where, "a bool tensor holds true/false only")
@@ -422,39 +434,36 @@ class _Decoder:
             flat = wide.to(dtype)
         return flat.reshape(shape)
 
-    def float_data(
-        self, data: list[Any], kinds: set[type], dtype: torch.dtype, where: Where
-    ) -> Tensor:
+    def untag(self, data: list[Any], where: Where) -> tuple[list[Any], list[int]]:
+        """The values with the tags "nan", "inf", "-inf" made floats, and where they were."""
+        values: list[Any] = []
+        tagged = []
+        for x in data:
+            if type(x) is str and x in _NONFINITE:
+                tagged.append(len(values))
+                values.append(_NONFINITE[x])
+            elif type(x) is float or type(x) is int:
+                values.append(x)
+            else:
+                raise self.fail(where, f"{x!r} is not a number")
+        return values, tagged
+
+    def narrow(self, wide: Tensor, tagged: list[int], dtype: torch.dtype, where: Where) -> Tensor:
         # float64 first: the values are exact doubles, and the cast to a narrower dtype is
-        # exact too, because they were written from that dtype.
-        tagged: list[int] = []
-        if not kinds <= _NUMBER_TYPES:
-            values = []
-            for x in data:
-                if type(x) is str and x in _NONFINITE:
-                    values.append(_NONFINITE[x])
-                    tagged.append(len(values) - 1)
-                elif type(x) is float or type(x) is int:
-                    values.append(x)
-                else:
-                    raise self.fail(where, f"{x!r} is not a number")
-            data = values
-        try:
-            flat = _from_numbers(data, "d", torch.float64)
-        except OverflowError:
-            raise self.fail(where, "a number out of the range of float64") from None
-        finite = torch.isfinite(flat)
+        # exact too, because they were written from that dtype. Only the tags may be
+        # non-finite (1e400 parses as inf), and every value must fit the dtype.
+        finite = wide
         if tagged:
-            finite[tagged] = True
-        if not bool(finite.all()):
-            # 1e400 parses as inf: only the tags "nan", "inf", "-inf" may be non-finite.
-            raise self.fail(where, "a number out of the range of float64")
-        narrow = flat.to(dtype)
-        if dtype != torch.float64 and not bool(
-            (torch.isfinite(narrow) | ~torch.isfinite(flat)).all()
-        ):
-            raise self.fail(where, f"a number out of the range of {dtype}".replace("torch.", ""))
-        return narrow
+            finite = wide.clone()
+            finite[tagged] = 0.0
+        if finite.numel():
+            lo, hi = torch.aminmax(finite)  # NaN and ±inf show in these (no per-value mask)
+            top = torch.finfo(dtype).max
+            if not (-top <= float(lo) and float(hi) <= top):
+                name = str(dtype).replace("torch.", "")
+                raise self.fail(where, f"a number out of the range of {name}")
+        del finite
+        return wide.to(dtype)
 
     def decode_obj(self, value: dict[str, Any], where: Where, depth: int) -> Any:
         if len(value) != 2 or "fields" not in value:
