@@ -83,10 +83,11 @@ def test_every_result_type_round_trips_exactly(kind, call, tmp_path):
 
 def test_special_values_dtypes_and_containers_round_trip(tmp_path):
     tiny = torch.finfo(torch.float32).tiny
-    scores = torch.tensor(
+    special = torch.tensor(
         [math.nan, math.inf, -math.inf, -0.0, 0.1, tiny / 8, 3.4028234e38, 1 / 3],
         dtype=torch.float32,
     )
+    scores = special.nan_to_num(0.0, 1.0, -1.0)  # scores are finite (load checks it)
     r = js.ScopeResult(
         scope="semantic",
         scores=scores,
@@ -108,6 +109,7 @@ def test_special_values_dtypes_and_containers_round_trip(tmp_path):
         vectors={
             "a": torch.randn(8, 2, dtype=torch.float64),
             "b": torch.randn(8, 3).half(),
+            "special": special,
         },
     )
     roundtrip(r, tmp_path)

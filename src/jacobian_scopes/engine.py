@@ -38,6 +38,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.options import HookList
+from jacobian_scopes.threads import ThreadGate, model_lock
 
 
 class GradientTap:
@@ -165,16 +166,20 @@ class Trace:
         self.user_hooks = list(fwd_hooks)
         self.freeze = list(freeze)
         self._stack: ExitStack | None = None
+        self.gate = ThreadGate()
         self.logits: Tensor | None = None
 
     # The hooks of a scope, in the order they must fire at a shared hook point: the
     # user's interventions first (the scope explains the intervened run), then the
     # linearisation, then the taps, and the capture last so it sees the final value.
+    # Each is gated to this trace's thread (see jacobian_scopes.threads): the hook points
+    # are shared, and another thread's forward pass meanwhile must neither fire the taps
+    # nor be changed by them.
     def hooks(self) -> list[tuple[Any, Callable[..., Any]]]:
         linear = [(name, detach_hook) for name in self.freeze]
         taps = [(tap.name, tap) for tap in self.taps.values()]
         capture = [] if self._capture_hook is None else [(self._capture_hook, self.capture)]
-        return [*self.user_hooks, *linear, *taps, *capture]
+        return self.gate.hooks([*self.user_hooks, *linear, *taps, *capture])
 
     def __enter__(self) -> Trace:
         if torch.is_inference_mode_enabled():
@@ -185,20 +190,28 @@ class Trace:
         stack = ExitStack()
         self._stack = stack
         try:
+            # The model's lock for the whole trace (frozen takes it too; it is re-entrant):
+            # another thread's call must not attach hooks or restore flags until the
+            # backward passes of this one are done.
+            stack.enter_context(model_lock(self.adapter.model))
+            self.gate = ThreadGate()
+            stack.callback(self.gate.close)
             stack.enter_context(frozen(self.adapter.model))
             stack.enter_context(torch.enable_grad())
             kwargs: dict[str, Any] = {}
             if self.checkpoint:
                 # The recomputation runs the blocks again during the backward pass, so they
                 # must see the same hooks then: keep them until the trace closes.
-                stack.enter_context(checkpointed_blocks(self.adapter.model))
+                stack.enter_context(checkpointed_blocks(self.adapter.model, self.gate))
                 if self.adapter.kind == "bridge":
                     # A Hugging Face KV cache would grow on the recomputation.
                     kwargs["use_cache"] = False
             with ExitStack() as forward:
                 hooks_scope = stack if self.checkpoint else forward
                 if self._capture_module is not None:
-                    handle = self._capture_module.register_forward_pre_hook(self.capture.pre_hook)
+                    handle = self._capture_module.register_forward_pre_hook(
+                        self.gate.hook(self.capture.pre_hook)
+                    )
                     forward.callback(handle.remove)
                 if self.freeze:
                     # The Bridge warns that an edited hook_scale changes the norm's numerics;
@@ -352,11 +365,14 @@ def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
 
 
 @contextmanager
-def checkpointed_blocks(model: Any) -> Iterator[None]:
+def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[None]:
     """Run each of ``model.blocks`` under ``torch.utils.checkpoint`` for the duration.
 
     The wrapper is set as an instance attribute with ``object.__setattr__``: the Bridge's
     own ``__setattr__`` would forward it to the wrapped Hugging Face module (and recurse).
+    With a ``gate``, only that call's forward passes are checkpointed (other threads run
+    the blocks as usual), and the recomputation during the backward pass counts as the
+    call's work in whichever thread autograd runs it.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -368,7 +384,11 @@ def checkpointed_blocks(model: Any) -> Iterator[None]:
             original = block.forward
 
             def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                if gate is None:
+                    return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                if not gate.acting():
+                    return _original(*args, **kwargs)
+                return checkpoint(gate.lend(_original), *args, use_reentrant=False, **kwargs)
 
             object.__setattr__(block, "forward", run)
             saved.append((block, own))

@@ -8,17 +8,45 @@ it is undone on exit, on success and on exception alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from itertools import chain, repeat
 from typing import Any
 
 import torch
 
+from jacobian_scopes.threads import model_lock
+
+
+def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    # nn.Module's own registry, and through the Bridge's ``original_model`` (kept outside
+    # the registered tree, so neither model.modules() nor Module.modules reaches it): the
+    # wrapped Hugging Face model has modules no Bridge component wraps, such as GPT-2's
+    # embedding dropout ``transformer.drop``.
+    seen: dict[int, torch.nn.Module] = {}
+    roots = [model]
+    while roots:
+        for module in torch.nn.Module.modules(roots.pop()):
+            if id(module) in seen:
+                continue
+            seen[id(module)] = module
+            original = module.__dict__.get("original_model")
+            if isinstance(original, torch.nn.Module):
+                roots.append(original)
+    return list(seen.values())
+
 
 def _all_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     # nn.Module's own registry, not model.parameters(): TransformerBridge overrides the
-    # latter, while the wrapped Hugging Face model is a registered submodule of the Bridge.
-    return list(torch.nn.Module.parameters(model))
+    # latter. Every module's own parameters, once each.
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in _all_modules(model):
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen[id(p)] = p
+    return list(seen.values())
 
 
 def hook_counts(model: Any) -> dict[str, tuple[int, int, int, int]]:
@@ -40,11 +68,11 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     return {
         "requires_grad": [p.requires_grad for p in params],
         "grads": [None if p.grad is None else p.grad.clone() for p in params],
-        "training": [m.training for m in model.modules()],
+        "training": [m.training for m in _all_modules(model)],
         "hooks": hook_counts(model),
         "torch_hooks": [
             (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
+            for m in _all_modules(model)
         ],
     }
 
@@ -53,24 +81,66 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
 def frozen(model: torch.nn.Module) -> Iterator[None]:
     """Freeze parameters and select eval mode for the duration; restore both afterwards.
 
+    It holds the model's lock (:func:`jacobian_scopes.threads.model_lock`) meanwhile: a
+    scope call in another thread waits, one in the same thread goes on.
+
     Example:
         >>> with frozen(model):                     # doctest: +SKIP
         ...     logits = model(tokens)
     """
-    # Touch only what changes: setting thousands of flags through nn.Module.__setattr__
-    # would cost tens of milliseconds per call.
-    trainable = [p for p in _all_parameters(model) if p.requires_grad]
-    training = [m for m in model.modules() if m.training]
-    try:
-        for p in trainable:
-            p.requires_grad_(False)
-        for m in training:
-            m.training = False
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-        # Module by module: Module.train() recurses and would flatten a model whose
-        # submodules were deliberately in different modes.
-        for m in training:
-            m.training = True
+    with model_lock(model):
+        # Touch only what changes: setting thousands of flags through nn.Module.__setattr__
+        # would cost tens of milliseconds per call.
+        trainable = [p for p in _all_parameters(model) if p.requires_grad]
+        training = [m for m in _all_modules(model) if m.training]
+        # Built before anything changes, so that the restore is one call of C code (see
+        # _set_flags): an interrupt cannot land between its start and its end.
+        restore: Callable[[], object] = partial(
+            deque, _flag_setters(trainable, training, True), maxlen=0
+        )
+        try:
+            _set_flags(trainable, training, False)
+            yield
+        finally:
+            try:
+                restore()
+            except BaseException:
+                _restore(trainable, training)
+                raise
+
+
+# Module by module, never Module.train(), which recurses and would flatten a model whose
+# submodules were deliberately in different modes. object.__setattr__ is what
+# nn.Module.__setattr__ does for a plain flag, without a Python frame (see _set_flags).
+_set_requires_grad = torch.Tensor.requires_grad_
+_set_attr = object.__setattr__
+
+
+def _flag_setters(
+    params: list[torch.nn.Parameter], modules: list[torch.nn.Module], on: bool
+) -> Iterator[Any]:
+    return chain(
+        map(_set_requires_grad, params, repeat(on)),
+        map(_set_attr, modules, repeat("training"), repeat(on)),
+    )
+
+
+def _set_flags(params: list[torch.nn.Parameter], modules: list[torch.nn.Module], on: bool) -> None:
+    # Only C functions run while deque consumes the iterator (map, repeat, chain,
+    # requires_grad_, object.__setattr__): Python runs a signal handler (Ctrl-C's
+    # KeyboardInterrupt) only between bytecodes of a Python frame, so none can stop the
+    # loop halfway through.
+    deque(_flag_setters(params, modules, on), maxlen=0)
+
+
+def _restore(params: list[torch.nn.Parameter], modules: list[torch.nn.Module]) -> None:
+    """Set every flag back, whatever exception arrives meanwhile, then raise the first one."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            _set_flags(params, modules, True)
+            break
+        except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
+            pending = pending or exc
+    if pending is not None:
+        raise pending

@@ -14,19 +14,28 @@ plain JSON plus a few tagged objects, each a JSON object with exactly one key:
   (:data:`CLASSES`). Loading checks every field against the class's type annotations
   (tensor dtypes and ranks included) and a few invariants between fields.
 
-Loading never imports, evaluates or calls anything named in the file, rejects files over
-``max_bytes`` before reading them, and turns every malformation into a
-:class:`ResultFileError` that says where it is. Tensors load on the CPU; no model is needed.
+Loading never imports, evaluates or calls anything named in the file, reads only regular
+files and never more than ``max_bytes + 1`` bytes of them, bounds what the file can make it
+build (lists and objects, result objects, per character of the file, counted before
+parsing; tensor values against their declared shape), and turns every malformation into a
+:class:`ResultFileError` that says where it is, including values that would only break
+later (non-finite scores, negative token ids, lengths that disagree, lone surrogates).
+Tensors load on the CPU; no model is needed.
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
+import stat
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +57,7 @@ VERSION = 1
 MAX_BYTES = 512 * 2**20
 MAX_DEPTH = 64
 MAX_ELEMENTS = 2**27  # per tensor: 128M values, far beyond any result of a 8k-token prompt
+MAX_RANK = 16
 
 CLASSES: dict[str, type] = {
     cls.__name__: cls for cls in (Prediction, Target, FisherDetails, ScopeResult, GenerationResult)
@@ -138,30 +148,87 @@ def _encode_tensor(t: Tensor) -> dict[str, Any]:
 def load(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> Any:
     """Read what :func:`save` wrote. Safe on untrusted files (see the module's notes).
 
+    Only a regular file is read (a FIFO, a device or a directory is refused at once), and
+    never more than ``max_bytes + 1`` bytes of it.
+
     Example:
         >>> result = load("reports/demo.json")   # doctest: +SKIP
     """
     path = Path(path)
+    data = _read_regular_file(path, max_bytes)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise ResultFileError(
-            f"{path} is {size} bytes, over the limit of {max_bytes}; pass max_bytes= to "
-            "load larger files you trust"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ResultFileError(f"{path} is not UTF-8 text (not a result file?)") from exc
+    del data
     return loads(text, max_bytes=max_bytes, source=str(path))
+
+
+def _read_regular_file(path: Path, max_bytes: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever. The checks
+    # are made on the opened descriptor, so a symlink swapped meanwhile cannot slip past.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultFileError(
+                f"{path} is not a regular file ({_file_kind(info.st_mode)}); "
+                "a result file is a regular file"
+            )
+        if info.st_size > max_bytes:
+            raise ResultFileError(
+                f"{path} is {info.st_size} bytes, over the limit of {max_bytes}; pass "
+                "max_bytes= to load larger files you trust"
+            )
+    except OSError as exc:
+        os.close(fd)
+        raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        try:
+            data = _read_at_most(file, info.st_size + 1)
+            if len(data) > info.st_size:  # it grew since: read on, up to the limit
+                data += _read_at_most(file, max_bytes + 1 - len(data))
+        except OSError as exc:
+            raise ResultFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > max_bytes:
+        raise ResultFileError(f"{path} is over the limit of {max_bytes} bytes")
+    return data
+
+
+def _read_at_most(file: Any, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = file.read(min(n, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") -> Any:
     """Parse the JSON text of a result file (see :func:`load`)."""
     if len(text) > max_bytes:
         raise ResultFileError(f"{source}: {len(text)} characters, over the limit of {max_bytes}")
+    _check_containers(text, source)
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
@@ -188,28 +255,100 @@ def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") ->
     return content
 
 
+#: A result file is mostly numbers: it never holds more than one list or object per this
+#: many characters (a small result: one per ~25; a 3-token one-line tensor: one per ~15).
+#: An empty list costs Python 56 bytes and its 3 characters ("[],"), so without this bound
+#: a file of them would take ~20 times its size in memory.
+CHARS_PER_CONTAINER = 12
+MIN_CONTAINERS = 1 << 17
+#: Result objects ($obj) are checked one by one in Python (~10 µs each): a file holds at
+#: most one per this many characters (the smallest result, 2 tokens: one per ~200).
+CHARS_PER_OBJECT = 128
+MIN_OBJECTS = 4096
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+
+
+def _check_containers(text: str, source: str) -> None:
+    # A quote can appear inside a JSON string only escaped, so '"$obj"' is a tag (or a
+    # string that is exactly "$obj"; counting it too only errs on the safe side).
+    n_objects = text.count('"$obj"')
+    if n_objects > max(MIN_OBJECTS, len(text) // CHARS_PER_OBJECT):
+        raise ResultFileError(
+            f"{source}: {n_objects} result objects in {len(text)} characters; a result file "
+            f"holds at most one per {CHARS_PER_OBJECT} characters (or {MIN_OBJECTS} in all)"
+        )
+    limit = max(MIN_CONTAINERS, len(text) // CHARS_PER_CONTAINER)
+    if text.count("[") + text.count("{") <= limit:  # brackets inside strings counted too
+        return
+    bare = _STRING.sub("", text)
+    n = bare.count("[") + bare.count("{")
+    del bare
+    if n > limit:
+        raise ResultFileError(
+            f"{source}: {n} lists and objects in {len(text)} characters; a result file holds "
+            f"at most one per {CHARS_PER_CONTAINER} characters (or {MIN_CONTAINERS} in all)"
+        )
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed (non-finite numbers are written as tagged strings)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUMBER_TYPES = frozenset({int, float})
+_SCALAR_TYPES = frozenset({int, float, bool, type(None)})
+_TEXT_TYPES = _SCALAR_TYPES | {str}
+
+# A location in the file: a string, or (parent, key) built up as the decoder descends, made
+# into text only for an error message (formatting one per list element would cost seconds).
+Where = str | tuple[Any, Any]
+
+
+def _where_text(where: Where) -> str:
+    parts = []
+    while isinstance(where, tuple):
+        where, key = where
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return where + "".join(reversed(parts))
 
 
 class _Decoder:
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, where: str, message: str) -> ResultFileError:
-        return ResultFileError(f"{self.source}: {where}: {message}")
+    def fail(self, where: Where, message: str) -> ResultFileError:
+        return ResultFileError(f"{self.source}: {_where_text(where)}: {message}")
 
-    def decode(self, value: Any, where: str, depth: int) -> Any:
+    def text(self, value: str, where: Where) -> str:
+        if not value.isascii() and _SURROGATE.search(value):
+            raise self.fail(where, "a string holds a lone surrogate (not valid Unicode text)")
+        return value
+
+    def decode(self, value: Any, where: Where, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise self.fail(where, "nested too deeply")
-        if value is None or isinstance(value, (bool, int, float, str)):
+        if value is None or isinstance(value, (bool, int, float)):
             return value
+        if isinstance(value, str):
+            return self.text(value, where)
         if isinstance(value, list):
-            return [self.decode(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+            kinds = set(map(type, value))
+            if kinds <= _SCALAR_TYPES:  # numbers: nothing to decode, keep the list
+                return value
+            if kinds <= _TEXT_TYPES:  # e.g. str_tokens: check the text, keep the list
+                strings = value if len(kinds) == 1 else [v for v in value if type(v) is str]
+                if not all(map(str.isascii, strings)):
+                    for i, v in enumerate(value):
+                        if type(v) is str:
+                            self.text(v, (where, i))
+                return value
+            return [self.decode(v, (where, i), depth + 1) for i, v in enumerate(value)]
         assert isinstance(value, dict)
         tags = [k for k in value if k.startswith("$")]
         if not tags:
-            return {k: self.decode(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            return {
+                self.text(k, where): self.decode(v, (where, k), depth + 1) for k, v in value.items()
+            }
         tag = tags[0]
         if tag == "$obj":
             return self.decode_obj(value, where, depth)
@@ -219,7 +358,7 @@ class _Decoder:
         if tag == "$tensor":
             return self.decode_tensor(body, where)
         if tag == "$float":
-            if body not in _NONFINITE:
+            if not isinstance(body, str) or body not in _NONFINITE:
                 raise self.fail(where, f"$float must be 'nan', 'inf' or '-inf', got {body!r}")
             return _NONFINITE[body]
         if tag == "$tuple":
@@ -233,22 +372,31 @@ class _Decoder:
                 raise self.fail(where, "$dict must hold a list of [key, value] pairs")
             out = {}
             for i, (k, v) in enumerate(body):
-                key = self.decode(k, f"{where}<key {i}>", depth + 1)
+                key = self.decode(k, (where, f"<key {i}>"), depth + 1)
                 if not isinstance(key, (str, int, float, bool, tuple)) and key is not None:
                     raise self.fail(where, f"unusable dict key {key!r}")
-                out[key] = self.decode(v, f"{where}[{key!r}]", depth + 1)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise self.fail(where, f"unusable dict key {key!r} (unhashable)") from None
+                out[key] = self.decode(v, (where, repr(key)), depth + 1)
             return out
         raise self.fail(where, f"unknown tag {tag!r}")
 
-    def decode_tensor(self, body: Any, where: str) -> Tensor:
+    def decode_tensor(self, body: Any, where: Where) -> Tensor:
         if not isinstance(body, dict) or set(body) != {"dtype", "shape", "data"}:
             raise self.fail(where, "$tensor needs exactly dtype, shape and data")
         dtype = _DTYPES.get(body["dtype"]) if isinstance(body["dtype"], str) else None
         if dtype is None:
             raise self.fail(where, f"unsupported tensor dtype {body['dtype']!r}")
         shape = body["shape"]
-        if not isinstance(shape, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_RANK
+            or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_ELEMENTS
+                for n in shape
+            )
         ):
             raise self.fail(where, f"bad tensor shape {shape!r}")
         numel = math.prod(shape)
@@ -258,33 +406,73 @@ class _Decoder:
         if not isinstance(data, list) or len(data) != numel:
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise self.fail(where, f"shape {shape} needs {numel} values, got {got}")
+        # From here on this function holds the only reference to the list of values, so
+        # that it is freed as soon as the tensor is built (the peak memory of a file that
+        # is one big tensor: the list and a float64 copy, never more).
+        body["data"] = None
+        kinds = set(map(type, data))
         if dtype.is_floating_point:
-            values = []
-            for x in data:
-                if isinstance(x, str) and x in _NONFINITE:
-                    values.append(_NONFINITE[x])
-                elif isinstance(x, (int, float)) and not isinstance(x, bool):
-                    values.append(float(x))
-                else:
-                    raise self.fail(where, f"{x!r} is not a number")
-            # float64 first: the values are exact doubles, and the cast to a narrower
-            # dtype is exact too, because they were written from that dtype.
-            flat = torch.tensor(values, dtype=torch.float64).to(dtype)
+            tagged: list[int] = []
+            if not kinds <= _NUMBER_TYPES:
+                data, tagged = self.untag(data, where)
+            try:
+                wide = _from_numbers(data, "d", torch.float64)
+            except OverflowError:
+                raise self.fail(where, "a number out of the range of float64") from None
+            del data
+            flat = self.narrow(wide, tagged, dtype, where)
         elif dtype == torch.bool:
-            if not all(isinstance(x, bool) for x in data):
+            if not kinds <= {bool}:
                 raise self.fail(where, "a bool tensor holds true/false only")
             flat = torch.tensor(data, dtype=torch.bool)
         else:
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+            if not kinds <= {int}:
                 raise self.fail(where, "an integer tensor holds integers only")
             info = torch.iinfo(dtype)
-            if data and not (info.min <= min(data) and max(data) <= info.max):
+            try:
+                wide = _from_numbers(data, "q", torch.int64)
+            except OverflowError:
+                wide = None
+            if wide is None or (
+                numel and not (info.min <= int(wide.min()) and int(wide.max()) <= info.max)
+            ):
                 raise self.fail(where, f"values out of range for {body['dtype']}")
-            flat = torch.tensor(data, dtype=dtype)
+            flat = wide.to(dtype)
         return flat.reshape(shape)
 
-    def decode_obj(self, value: dict[str, Any], where: str, depth: int) -> Any:
-        if set(value) != {"$obj", "fields"}:
+    def untag(self, data: list[Any], where: Where) -> tuple[list[Any], list[int]]:
+        """The values with the tags "nan", "inf", "-inf" made floats, and where they were."""
+        values: list[Any] = []
+        tagged = []
+        for x in data:
+            if type(x) is str and x in _NONFINITE:
+                tagged.append(len(values))
+                values.append(_NONFINITE[x])
+            elif type(x) is float or type(x) is int:
+                values.append(x)
+            else:
+                raise self.fail(where, f"{x!r} is not a number")
+        return values, tagged
+
+    def narrow(self, wide: Tensor, tagged: list[int], dtype: torch.dtype, where: Where) -> Tensor:
+        # float64 first: the values are exact doubles, and the cast to a narrower dtype is
+        # exact too, because they were written from that dtype. Only the tags may be
+        # non-finite (1e400 parses as inf), and every value must fit the dtype.
+        finite = wide
+        if tagged:
+            finite = wide.clone()
+            finite[tagged] = 0.0
+        if finite.numel():
+            lo, hi = torch.aminmax(finite)  # NaN and ±inf show in these (no per-value mask)
+            top = torch.finfo(dtype).max
+            if not (-top <= float(lo) and float(hi) <= top):
+                name = str(dtype).replace("torch.", "")
+                raise self.fail(where, f"a number out of the range of {name}")
+        del finite
+        return wide.to(dtype)
+
+    def decode_obj(self, value: dict[str, Any], where: Where, depth: int) -> Any:
+        if len(value) != 2 or "fields" not in value:
             raise self.fail(where, "$obj needs exactly $obj and fields")
         name = value["$obj"]
         cls = CLASSES.get(name) if isinstance(name, str) else None
@@ -293,26 +481,25 @@ class _Decoder:
         raw = value["fields"]
         if not isinstance(raw, dict):
             raise self.fail(where, "fields must be an object")
-        spec = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(spec))
-        if unknown:
-            raise self.fail(where, f"{name} has no field(s) {unknown}")
-        required = [
-            n
-            for n, f in spec.items()
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [n for n in required if n not in raw]
-        if missing:
+        spec, required, checks = _schema(cls)
+        if not raw.keys() <= spec:
+            raise self.fail(where, f"{name} has no field(s) {sorted(raw.keys() - spec)}")
+        if not raw.keys() >= required:
+            missing = sorted(required - raw.keys())
             raise self.fail(where, f"{name} is missing field(s) {missing}")
-        hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, item in raw.items():
-            decoded = self.decode(item, f"{where}.{key}", depth + 1)
-            if not _matches(decoded, hints[key]):
+            # Numbers and ASCII text need no decoding (most fields of most objects).
+            kind = type(item)
+            if kind in _SCALAR_TYPES or (kind is str and item.isascii()):
+                decoded = item
+            else:
+                decoded = self.decode(item, (where, key), depth + 1)
+            if not checks[key](decoded):
+                hint = typing.get_type_hints(cls)[key]
                 raise self.fail(
-                    f"{where}.{key}",
-                    f"{name}.{key} must be {_describe(hints[key])}, got {_describe_value(decoded)}",
+                    (where, key),
+                    f"{name}.{key} must be {_describe(hint)}, got {_describe_value(decoded)}",
                 )
             kwargs[key] = decoded
         obj = cls(**kwargs)
@@ -322,39 +509,80 @@ class _Decoder:
         return obj
 
 
+def _from_numbers(data: list[Any], code: str, dtype: torch.dtype) -> Tensor:
+    """A 1-D tensor of Python numbers, through an ``array`` (C doubles or int64: about a
+    third of torch.tensor's time and no per-value objects); OverflowError if one does not
+    fit."""
+    if not data:
+        return torch.zeros(0, dtype=dtype)
+    return torch.frombuffer(array.array(code, data), dtype=dtype)
+
+
+_SCHEMAS: dict[type, tuple[frozenset[str], frozenset[str], dict[str, Callable[[Any], bool]]]] = {}
+
+
+def _schema(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, Callable[[Any], bool]]]:
+    """(field names, required field names, a type check per field) of a result class,
+    worked out once: a file may hold a million small objects."""
+    if cls not in _SCHEMAS:
+        fields = dataclasses.fields(cls)
+        required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        hints = typing.get_type_hints(cls)
+        checks = {f.name: _checker(hints[f.name]) for f in fields}
+        _SCHEMAS[cls] = (frozenset(f.name for f in fields), required, checks)
+    return _SCHEMAS[cls]
+
+
 # ------------------------------------------------------------------------ schema check
 def _matches(value: Any, hint: Any) -> bool:
     """Whether ``value`` fits the type annotation ``hint`` (the subset results use)."""
+    return _checker(hint)(value)
+
+
+@functools.cache
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    # Worked out once per annotation: a file may hold a million small objects.
     if hint is Any:
-        return True
+        return lambda value: True
     if hint is None or hint is type(None):
-        return value is None
+        return lambda value: value is None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
+        options = [_checker(a) for a in args]
+        return lambda value: any(check(value) for check in options)
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+        item = _checker(args[0])
+        return lambda value: isinstance(value, list) and all(map(item, value))
     if origin is dict:
-        return isinstance(value, dict) and all(
-            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()
+        key, val = _checker(args[0]), _checker(args[1])
+        return lambda value: (
+            isinstance(value, dict) and all(key(k) and val(v) for k, v in value.items())
         )
     if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        if len(args) != len(value):
-            return False
-        return all(_matches(v, a) for v, a in zip(value, args, strict=True))
+            item = _checker(args[0])
+            return lambda value: isinstance(value, tuple) and all(map(item, value))
+        items = [_checker(a) for a in args]
+        return lambda value: (
+            isinstance(value, tuple)
+            and len(value) == len(items)
+            and all(check(v) for check, v in zip(items, value, strict=True))
+        )
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: type(value) is float or type(value) is int
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: type(value) is int
+    if hint is str:
+        return lambda value: type(value) is str
     if isinstance(hint, type):
         # jaxtyping annotations are classes whose isinstance checks dtype kind and rank.
-        return isinstance(value, hint)
-    return False
+        return lambda value: isinstance(value, hint)
+    return lambda value: False
 
 
 def _describe(hint: Any) -> str:
@@ -368,24 +596,74 @@ def _describe_value(value: Any) -> str:
 
 
 def _invariants(obj: Any) -> str | None:
-    """Consistency between fields that the annotations cannot express."""
+    """Consistency between fields that the annotations cannot express, and the value ranges
+    that tables, pages and a second save rely on."""
+    if isinstance(obj, Prediction):
+        if obj.token_id < 0:
+            return f"negative token id {obj.token_id}"
+        if not _is_probability(obj.prob):
+            return f"prob {obj.prob!r} is not a probability"
+    if isinstance(obj, Target):
+        ids = [*obj.ids, *([] if obj.foil_id is None else [obj.foil_id])]
+        if any(i < 0 for i in ids):
+            return "a negative token id"
+    if isinstance(obj, FisherDetails):
+        if any(i < 0 for i in obj.candidate_ids):
+            return "a negative candidate token id"
+        if not all(_is_probability(p) for p in obj.candidate_probs):
+            return "a candidate probability outside [0, 1]"
     if isinstance(obj, ScopeResult):
         n = obj.n_tokens
         if len(obj.str_tokens) != n:
             return f"{len(obj.str_tokens)} str_tokens for {n} tokens"
         if obj.scores.dim() == 0 or obj.scores.shape[-1] != n:
             return f"scores of shape {list(obj.scores.shape)} for {n} tokens"
+        if len(obj.score_axes) != obj.scores.dim():
+            return f"{len(obj.score_axes)} score_axes for scores of shape {list(obj.scores.shape)}"
         if not all(0 <= p < n for p in [obj.position, *obj.positions]):
             return "a position outside the tokens"
+        if n and int(obj.tokens.min()) < 0:
+            return "a negative token id"
+        if not bool(torch.isfinite(obj.scores).all()):
+            return "scores are NaN or infinite"
+        if obj.first_order is not None and (
+            obj.first_order.shape != obj.scores.shape
+            or not bool(torch.isfinite(obj.first_order).all())
+        ):
+            return "first_order needs the shape of scores and finite values"
+        if obj.source_labels is not None and (
+            obj.scores.dim() < 2 or len(obj.source_labels) != obj.scores.shape[0]
+        ):
+            return f"{len(obj.source_labels)} source_labels for scores {list(obj.scores.shape)}"
     if isinstance(obj, GenerationResult):
         n = obj.tokens.shape[0]
         if len(obj.str_tokens) != n or not 0 < obj.n_prompt <= n:
             return "tokens, str_tokens and n_prompt disagree"
-        if obj.scores.shape != (len(obj.positions), max(0, n - 1)):
+        if n and int(obj.tokens.min()) < 0:
+            return "a negative token id"
+        context = max(0, n - 1)
+        if obj.scores.shape != (len(obj.positions), context):
             return f"scores of shape {list(obj.scores.shape)} for this sequence"
+        if not all(0 <= p < context for p in obj.positions):
+            return "a generation position outside the sequence"
         if len(obj.token_probs) != len(obj.positions):
             return "one token probability per generated token is needed"
+        if not all(_is_probability(p) for p in obj.token_probs):
+            return "a token probability outside [0, 1]"
+        # Each row is scored up to its position; what comes after is NaN by design.
+        seen = torch.arange(context)[None] <= torch.tensor(obj.positions, dtype=torch.long)[:, None]
+        if not bool(torch.isfinite(obj.scores[seen]).all()):
+            return "scores are NaN or infinite where a generated token could see"
+        if obj.first_order is not None and (
+            obj.first_order.shape != obj.scores.shape
+            or not bool(torch.isfinite(obj.first_order[seen]).all())
+        ):
+            return "first_order needs the shape of scores and finite values"
     return None
+
+
+def _is_probability(p: Any) -> bool:
+    return bool(0 <= p <= 1)  # False for NaN
 
 
 # --------------------------------------------------------------------------- tables

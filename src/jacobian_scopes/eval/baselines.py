@@ -46,6 +46,7 @@ from jacobian_scopes.inputs import single_token
 from jacobian_scopes.options import HookList, Prompt, TargetLike
 from jacobian_scopes.results import ScopeResult, Target
 from jacobian_scopes.scopes import semantic_scope
+from jacobian_scopes.threads import ThreadGate
 
 ExplainedMode = Literal["logprob", "logit"]
 Reduce = Literal["sum", "norm"]
@@ -204,6 +205,7 @@ def attention(
         return hook
 
     hooks = [*call.fwd_hooks, *((f"blocks.{i}.attn.hook_pattern", grab(i)) for i in layers)]
+    hooks = ThreadGate().hooks(hooks)  # another thread's forward meanwhile passes through
     with torch.no_grad(), frozen(adapter.model), adapter.model.hooks(fwd_hooks=hooks):
         logits = adapter.model(call.tokens)
     missing = [i for i in layers if i not in patterns]

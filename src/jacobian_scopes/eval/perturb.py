@@ -29,6 +29,7 @@ from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.options import HookList
+from jacobian_scopes.threads import ThreadGate
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -137,7 +138,9 @@ def embeddings(
         raise _Stop
 
     with torch.no_grad(), frozen(adapter.model), ExitStack() as stack:
-        stack.enter_context(adapter.model.hooks(fwd_hooks=[*fwd_hooks, (EMBED_HOOK, grab)]))
+        # Gated to this thread: another thread's forward meanwhile must not stop at grab.
+        hooks = ThreadGate().hooks([*fwd_hooks, (EMBED_HOOK, grab)])
+        stack.enter_context(adapter.model.hooks(fwd_hooks=hooks))
         with suppress(_Stop):
             adapter.model(tokens)
     if "x" not in seen:
@@ -159,13 +162,14 @@ def _final_state(
     def pre_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         grab(args[0])
 
+    gate = ThreadGate()  # another thread's forward meanwhile must not stop at grab
     with ExitStack() as stack:
         if final.module is not None:
-            handle = final.module.register_forward_pre_hook(pre_hook)
+            handle = final.module.register_forward_pre_hook(gate.hook(pre_hook))
             stack.callback(handle.remove)
         if final.hook is not None:
             hooks = [*hooks, (final.hook, grab)]
-        stack.enter_context(adapter.model.hooks(fwd_hooks=hooks))
+        stack.enter_context(adapter.model.hooks(fwd_hooks=gate.hooks(hooks)))
         with suppress(_Stop):
             adapter.model(tokens)
     if "y" not in seen:

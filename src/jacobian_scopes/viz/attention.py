@@ -24,6 +24,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.threads import ThreadGate
 from jacobian_scopes.viz.page import Page, View, escape_text
 from jacobian_scopes.viz.tokens import TokenView, show_token, token_view
 
@@ -206,7 +207,7 @@ def _patterns(
     # Forward hooks inside model.hooks(), not run_with_cache: on the Bridge,
     # run_with_cache makes Hugging Face install output-capturing hooks that stay on the
     # model afterwards, while model.hooks() removes exactly what it added.
-    hooks = [(name, capture(name)) for name in names]
+    hooks = ThreadGate().hooks([(name, capture(name)) for name in names])
     tokens = result.tokens[None].to(adapter.device)
     with frozen(model), torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens)
