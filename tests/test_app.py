@@ -43,8 +43,10 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return helpers.make_model("bridge", "llama") if helpers.has_bridge() else helpers.make_model(
-        "hooked", "llama"
+    return (
+        helpers.make_model("bridge", "llama")
+        if helpers.has_bridge()
+        else helpers.make_model("hooked", "llama")
     )
 
 
@@ -102,13 +104,22 @@ def test_the_explorer_gives_the_library_s_numbers(model):
     ex = Explorer(model)
     assert ex.tokens(PROMPT) == model.to_str_tokens(PROMPT)
     cases = [
-        (Request(PROMPT, target="w7", position=3), js.semantic_scope(model, PROMPT, "w7", position=3)),
+        (
+            Request(PROMPT, target="w7", position=3),
+            js.semantic_scope(model, PROMPT, "w7", position=3),
+        ),
         (
             Request(PROMPT, target="w7", foil="w9", mode="logprob"),
             js.semantic_scope(model, PROMPT, "w7", foil="w9", mode="logprob"),
         ),
-        (Request(PROMPT, scope="temperature", position=2), js.temperature_scope(model, PROMPT, position=2)),
-        (Request(PROMPT, scope="fisher", method="exact"), js.fisher_scope(model, PROMPT, method="exact")),
+        (
+            Request(PROMPT, scope="temperature", position=2),
+            js.temperature_scope(model, PROMPT, position=2),
+        ),
+        (
+            Request(PROMPT, scope="fisher", method="exact"),
+            js.fisher_scope(model, PROMPT, method="exact"),
+        ),
     ]
     for request, expected in cases:
         got = ex.attribute(request)
@@ -122,7 +133,9 @@ def test_without_a_target_semantic_explains_the_top_prediction(model):
     assert len(top) == 10 and top[0].prob >= top[1].prob
     got = ex.attribute(Request(PROMPT, position=2))
     assert got.target.ids == [top[0].token_id]
-    assert torch.equal(got.scores, js.semantic_scope(model, PROMPT, top[0].token_id, position=2).scores)
+    assert torch.equal(
+        got.scores, js.semantic_scope(model, PROMPT, top[0].token_id, position=2).scores
+    )
 
 
 def test_a_run_steps_through_scope_map_attention_and_pages(model):
@@ -176,7 +189,10 @@ def test_typed_targets_lose_their_quotes_only():
 def test_one_lock_per_model_held_around_every_library_call(model, monkeypatch):
     ex, other = Explorer(model), Explorer(model)
     assert ex.lock is other.lock is model_lock(model)
-    assert model_lock(helpers.make_model("hooked" if helpers.has_hooked() else "bridge", "gpt2")) is not ex.lock
+    assert (
+        model_lock(helpers.make_model("hooked" if helpers.has_hooked() else "bridge", "gpt2"))
+        is not ex.lock
+    )
     held = []
     real = js.scopes.semantic_scope
 
@@ -205,7 +221,7 @@ def test_two_threads_on_one_model_get_their_own_results(model):
                 got = ex.attribute(Request(prompts[i], target="w3")).scores
                 if not torch.equal(got, expected[i]):
                     wrong.append(prompts[i])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
@@ -256,7 +272,9 @@ def browser_page(url):
             executable_path=exe, headless=True, args=[f for f in FLAGS if f != "--headless"]
         )
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 1000}, accept_downloads=True
+            )
             page = context.new_page()
             page.requests = []
             page.console_messages = []
@@ -302,7 +320,11 @@ def view_frame(page, name: str):
     return frame
 
 
-TAB_TITLES = {"tokens": "Coloured tokens", "layers": "Layer × token", "attention": "Beside attention"}
+TAB_TITLES = {
+    "tokens": "Coloured tokens",
+    "layers": "Layer × token",
+    "attention": "Beside attention",
+}
 TIPS = "() => [...document.querySelectorAll('js-tip')].map(e => e.textContent)"
 
 
@@ -394,7 +416,7 @@ def test_browser_other_scopes_and_a_typed_target(server, model):
 
 
 def test_browser_a_prompt_over_the_context_runs_nothing(server, monkeypatch):
-    app, url = server
+    _, url = server
     calls = []
     monkeypatch.setattr(js.scopes, "semantic_scope", lambda *a, **k: calls.append(a))
     with browser_page(url) as page:
@@ -412,7 +434,7 @@ def test_browser_hostile_tokens_are_inert_in_every_view(hostile_model):
     prompt = " ".join(["w1", *HOSTILE, "w2"])
     with served(hostile_model) as (_, url), browser_page(url) as page:
         type_prompt(page, prompt)
-        wait_status(page, r"tokens ·")
+        wait_status(page, rf"^{len(HOSTILE) + 3} tokens")
         shown = page.locator("#jsv-tokens .token").all_inner_texts()
         assert shown == ["<bos>", "w1", *HOSTILE, "w2"]
         # Hostile text in the target list and the foil too.
@@ -468,16 +490,20 @@ def test_the_attribute_endpoint_answers_with_the_library_s_numbers(server, model
     api = client.view_api(print_info=False, return_format="dict")
     assert "/attribute" in api["named_endpoints"]
     assert [p["parameter_name"] for p in api["named_endpoints"]["/attribute"]["parameters"]] == [
-        "prompt", "scope", "position", "target", "foil", "mode", "method"
+        "prompt",
+        "scope",
+        "position",
+        "target",
+        "foil",
+        "mode",
+        "method",
     ]
     got = client.predict(PROMPT, "semantic", 3, "w7", "", "logit", "sketch", api_name="/attribute")
     expected = js.semantic_scope(model, PROMPT, "w7", position=3)
     assert got["scores"] == expected.scores.tolist()
     assert got["tokens"] == expected.str_tokens and got["position"] == 3
     assert got["target"]["ids"] == expected.target.ids
-    got = client.predict(
-        prompt=PROMPT, scope="temperature", position=-1, api_name="/attribute"
-    )
+    got = client.predict(prompt=PROMPT, scope="temperature", position=-1, api_name="/attribute")
     assert got["scores"] == js.temperature_scope(model, PROMPT).scores.tolist()
     got = client.predict(prompt=PROMPT, scope="fisher", method="principal", api_name="/attribute")
     assert got["scores"] == js.fisher_scope(model, PROMPT, method="principal").scores.tolist()
@@ -566,7 +592,16 @@ def test_cli_starts_a_local_server_for_a_local_model(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jacobian_scopes", "explore", "--model", str(model_dir), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "jacobian_scopes",
+            "explore",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

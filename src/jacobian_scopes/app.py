@@ -153,6 +153,9 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
     ex = Explorer(model, max_tokens=max_tokens)
     max_chars = ex.max_tokens * CHARS_PER_TOKEN if ex.max_tokens else None
 
+    # Gradio recognises a progress tracker by a default value of this type.
+    tracker = gr.Progress()
+
     def on_prompt(prompt: str) -> tuple[Any, ...]:
         try:
             tokens = ex.tokens(prompt)
@@ -171,7 +174,7 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
             status(msg),
         )
 
-    def on_click(prompt: str, evt: gr.SelectData) -> tuple[Any, ...]:
+    def on_click(prompt: str, evt: Any) -> tuple[Any, ...]:
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         try:
             tokens = ex.tokens(prompt)
@@ -235,13 +238,15 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         method: str,
         layers: bool,
         attention: bool,
-        progress: Any = gr.Progress(),
+        progress: Any = tracker,
     ) -> Iterator[tuple[Any, ...]]:
         skip = (gr.skip(),) * 5
         try:
             req = request_from(prompt, scope_label, position, target, labels, foil, mode, method)
             views: Views | None = None
-            for text, done in compute(ex, req, layers=layers, attention=attention, progress=progress):
+            for text, done in compute(
+                ex, req, layers=layers, attention=attention, progress=progress
+            ):
                 if done is None:
                     yield (status(f"running: {text} …"), *skip)
                 views = done
@@ -442,6 +447,9 @@ def check_port(host: str, port: int | None) -> None:
         raise ScopeInputError(f"cannot listen on {host!r}: {exc.strerror}") from exc
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As the server will: a port left in TIME_WAIT by a closed server is free, one
+        # that something listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(address)
         except OSError as exc:

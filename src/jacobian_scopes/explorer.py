@@ -155,8 +155,7 @@ class Explorer:
         if cap is not None and ids.numel() > cap:
             what = "the model's context" if cap == self.adapter.n_ctx else "this app's limit"
             raise ScopeInputError(
-                f"the prompt has {ids.numel()} tokens, more than {what} of {cap} tokens; "
-                "shorten it"
+                f"the prompt has {ids.numel()} tokens, more than {what} of {cap} tokens; shorten it"
             )
         return ids
 
@@ -166,7 +165,9 @@ class Explorer:
         with self.lock:
             return self.adapter.to_str_tokens(ids)
 
-    def predictions(self, prompt: str, position: int = -1, k: int = N_PREDICTIONS) -> list[Prediction]:
+    def predictions(
+        self, prompt: str, position: int = -1, k: int = N_PREDICTIONS
+    ) -> list[Prediction]:
         """The model's ``k`` most probable next tokens after ``position`` (one forward pass)."""
         ids = self.token_ids(prompt)
         n = ids.numel()
