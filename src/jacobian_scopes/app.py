@@ -30,6 +30,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +242,7 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         progress: Any = tracker,
     ) -> Iterator[tuple[Any, ...]]:
         skip = (gr.skip(),) * 5
+        started = time.perf_counter()
         try:
             req = request_from(prompt, scope_label, position, target, labels, foil, mode, method)
             views: Views | None = None
@@ -259,7 +261,10 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
 
         top = ", ".join(f"{t!r} {s:.3g}" for _, t, s in views.result.top(3))
         yield (
-            status(f"{describe(views.result)} · top tokens: {top}"),
+            status(
+                f"{describe(views.result)} · top tokens: {top} · "
+                f"{time.perf_counter() - started:.1f} s"
+            ),
             frame(views.pages["tokens"]),
             frame(views.pages.get("layers"), "the layer × token map is off"),
             frame(views.pages.get("attention"), "the attention view is off"),
@@ -577,8 +582,6 @@ def add_explore_command(sub: Any) -> argparse.ArgumentParser:
 
 def run_explore(args: argparse.Namespace, console: Any) -> int:
     """The ``explore`` command: check everything cheap first, then load the model and serve."""
-    import time
-
     from rich.text import Text
 
     from jacobian_scopes.models import load_model
