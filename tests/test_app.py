@@ -441,6 +441,10 @@ def test_browser_hostile_tokens_are_inert_in_every_view(hostile_model):
         wait_status(page, rf"^{len(HOSTILE) + 3} tokens")
         shown = page.locator("#jsv-tokens .token").all_inner_texts()
         assert shown == ["<bos>", "w1", *HOSTILE, "w2"]
+        # Explain the prediction after a hostile token: the status line quotes it.
+        page.locator("#jsv-tokens .token").nth(2).click()
+        wait_status(page, "after position 2")
+        assert HOSTILE[0] in page.locator("#jsv-status").inner_text()
         # Hostile text in the target list and the foil too.
         target = page.locator("#jsv-target input")
         target.fill(HOSTILE[0])
