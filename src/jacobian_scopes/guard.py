@@ -54,8 +54,12 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
     """Freeze parameters and select eval mode for the duration; restore both afterwards.
 
     Example:
-        >>> with frozen(model):                     # doctest: +SKIP
-        ...     logits = model(tokens)
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> with js.frozen(model):
+        ...     logits = model(model.to_tokens("Hello"))
+        >>> logits.shape
+        torch.Size([1, 2, 49152])
     """
     # Touch only what changes: setting thousands of flags through nn.Module.__setattr__
     # would cost tens of milliseconds per call.
