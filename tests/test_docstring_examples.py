@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+import re
 
 import pytest
 
@@ -19,11 +20,14 @@ import jacobian_scopes
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-MODULES = ["jacobian_scopes"] + sorted(
-    info.name
-    for info in pkgutil.walk_packages(jacobian_scopes.__path__, "jacobian_scopes.")
-    if info.name.rsplit(".", 1)[-1] != "__main__"
-)
+MODULES = [
+    "jacobian_scopes",
+    *sorted(
+        info.name
+        for info in pkgutil.walk_packages(jacobian_scopes.__path__, "jacobian_scopes.")
+        if info.name.rsplit(".", 1)[-1] != "__main__"
+    ),
+]
 
 
 def _examples(module) -> list[doctest.DocTest]:
@@ -31,10 +35,14 @@ def _examples(module) -> list[doctest.DocTest]:
     return [t for t in doctest.DocTestFinder().find(module, globs={}) if t.examples]
 
 
+# The command line loads the default model itself (``--model default``).
+USES_MODEL = re.compile(r"load_(default_)?model\(|\bmain\(\[")
+
+
 def _needs_model(name: str) -> bool:
     module = importlib.import_module(name)
     return any(
-        "load_default_model()" in example.source
+        USES_MODEL.search(example.source)
         for test in _examples(module)
         for example in test.examples
         if not example.options.get(doctest.SKIP)
@@ -58,6 +66,9 @@ def test_modules_found():
     # The walk must reach the subpackages, or a whole subpackage would go untested.
     assert {"jacobian_scopes.eval.evaluate", "jacobian_scopes.viz.maps"} <= set(MODULES)
     assert "jacobian_scopes.__main__" not in MODULES
+    # Examples that load the model must get the session's model, not load their own.
+    assert {"jacobian_scopes.cli", "jacobian_scopes.models", "jacobian_scopes.scopes"} <= set(REAL)
+    assert "jacobian_scopes.eval.stats" in OFFLINE
 
 
 @pytest.mark.parametrize("name", OFFLINE)

@@ -169,7 +169,7 @@ def fisher_scope(
     Example:
         >>> import jacobian_scopes as js
         >>> model = js.load_default_model()
-        >>> r = js.fisher_scope(model, "French: lentille jacobienne. English: Jacobian")
+        >>> r = js.fisher_scope(model, "The capital of France is")
         >>> r.fisher.method, r.fisher.n_vjps
         ('sketch', 16)
     """

@@ -71,7 +71,8 @@ def compare(
         >>> paris = js.semantic_scope(model, prompt, " Paris")
         >>> lyon = js.semantic_scope(model, prompt, " Lyon")
         >>> [row.title for row in js.compare(paris, lyon, difference=True).rows]
-        ["Semantic · logit of ' Paris'", "Semantic · logit of ' Lyon'", "difference: ' Paris' − ' Lyon'"]
+        ["Semantic · logit of ' Paris'", "Semantic · logit of ' Lyon'",
+         "difference: ' Paris' − ' Lyon'"]
         >>> js.compare(paris, js.temperature_scope(model, prompt)).save_html("compare.html")
         PosixPath('compare.html')
     """

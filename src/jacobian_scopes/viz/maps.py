@@ -222,7 +222,8 @@ def maps(result: ScopeResult, *, include_bos: bool = False) -> list[MapView]:
         >>> model = js.load_default_model()
         >>> r = js.semantic_scope(model, "The capital of France is", " Paris", sources="z")
         >>> [m.title for m in maps(r)]
-        ["Semantic · logit of ' Paris' · layer × head", "Semantic · logit of ' Paris' · layer × token"]
+        ["Semantic · logit of ' Paris' · layer × head",
+         "Semantic · logit of ' Paris' · layer × token"]
     """
     if result.scores.dim() == 1:
         return []
