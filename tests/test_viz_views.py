@@ -318,16 +318,3 @@ def test_widget_props_match_the_snapshot():
         SNAPSHOT.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     expected = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
     assert got == expected, "widget props changed; rerun with UPDATE_SNAPSHOTS=1 if intended"
-
-
-# ------------------------------------------------------------------ docstring examples
-@pytest.mark.parametrize(
-    "name", ["page", "tokens", "report", "terminal", "attention", "plots", "maps", "compare"]
-)
-def test_docstring_examples_run(name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"jacobian_scopes.viz.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0

@@ -13,8 +13,9 @@ your own forward passes (``GradientProbe``, ``frozen``), saving and showing, and
 Example:
     >>> import jacobian_scopes as js
     >>> model = js.load_default_model()
-    >>> js.semantic_scope(model, "The capital of France is", " Paris").top(1)
-    [(4, ' France', ...)]
+    >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+    >>> [token for _, token, _ in r.top(3)]
+    ['The', ' capital', ' France']
 """
 
 import importlib

@@ -47,9 +47,10 @@ class ModelAdapter:
     """Uniform access to a HookedTransformer or TransformerBridge.
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.adapter import ModelAdapter
-        >>> adapter = ModelAdapter(model)            # doctest: +SKIP
-        >>> adapter.final_state.label                # doctest: +SKIP
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> adapter.final_state.label
         'unembed.hook_in'
     """
 

@@ -421,6 +421,7 @@ def is_loopback(host: str) -> bool:
     address; names are not looked up).
 
     Example:
+        >>> from jacobian_scopes.app import is_loopback
         >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
         (True, True, False)
     """

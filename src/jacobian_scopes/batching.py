@@ -12,6 +12,7 @@ of each batch (:func:`group_by_length`).
 
 Example:
     >>> import torch
+    >>> from jacobian_scopes.batching import pad_batch
     >>> pad_batch([torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5]])], pad_id=0)
     (tensor([[1, 2, 3],
             [1, 5, 0]]), [3, 2])
@@ -59,6 +60,7 @@ def per_prompt(value: Any, n: int, what: str) -> list[Any]:
     """A list or tuple gives one value per prompt; anything else is shared by all.
 
     Example:
+        >>> from jacobian_scopes.batching import per_prompt
         >>> per_prompt([" Paris", " Rome"], 2, "target"), per_prompt(-1, 2, "position")
         ([' Paris', ' Rome'], [-1, -1])
     """
@@ -103,6 +105,7 @@ def group_by_length(
     a batch (one long prompt among short ones would otherwise multiply the work).
 
     Example:
+        >>> from jacobian_scopes.batching import group_by_length
         >>> group_by_length([120, 20, 20, 20, 18], batch_size=8)
         [(0, 2), (2, 5)]
     """

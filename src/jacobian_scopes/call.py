@@ -8,8 +8,12 @@ floating-point rounding of differently shaped matrix products). Each scope adds 
 is its own: :func:`semantic`, :func:`temperature`, :func:`fisher`, :func:`direction`.
 
 Example:
+    >>> import jacobian_scopes as js
     >>> from jacobian_scopes.call import semantic
-    >>> results = semantic(model, ["The capital of France is"], [" Paris"])   # doctest: +SKIP
+    >>> model = js.load_default_model()
+    >>> results = semantic(model, ["The capital of France is"], [" Paris"], options={})
+    >>> results[0].top(1)
+    [(1, 'The', ...)]
 """
 
 from __future__ import annotations

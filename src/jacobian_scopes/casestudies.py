@@ -35,7 +35,8 @@ def lorenz_series(
     paper's time-series case study.
 
     Example:
-        >>> lorenz_series(5)
+        >>> from jacobian_scopes.casestudies import lorenz_series
+        >>> [round(x, 2) for x in lorenz_series(3)]
         [...]
     """
     state = np.array(start, dtype=float)

@@ -443,8 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jacobian-scopes`` console script (and ``python -m jacobian_scopes``).
 
     Example:
+        >>> from jacobian_scopes.cli import main
         >>> main(["attribute", "--prompt", "The capital of France is", "--target", " Paris"])
-        ... # doctest: +SKIP
+        loaded SmolLM2-135M-Instruct in ...
+        semantic scope
+        ...
+        0
     """
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)

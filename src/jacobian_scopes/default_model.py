@@ -144,9 +144,9 @@ def load_default_model(
 
     Example:
         >>> from jacobian_scopes import load_default_model
-        >>> model = load_default_model()                                  # doctest: +SKIP
-        >>> logits = model(model.to_tokens("The capital of France is"))   # doctest: +SKIP
-        >>> model.to_str_tokens(logits[0, -1].argmax())                  # doctest: +SKIP
+        >>> model = load_default_model()
+        >>> logits = model(model.to_tokens("The capital of France is"))
+        >>> model.to_str_tokens(logits[0, -1].argmax())
         [' Paris']
     """
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):

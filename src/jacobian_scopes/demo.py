@@ -38,6 +38,13 @@ def word_rank(result: ScopeResult, word: str) -> tuple[int, str] | None:
     The paper lists Llama-3's tokens (" lent", "ille"); other tokenizers split the same
     word differently, so the demo looks for the word: the tokens whose characters overlap
     its first occurrence.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.demo import word_rank
+        >>> model = js.load_default_model()
+        >>> word_rank(js.semantic_scope(model, "The capital of France is", " Paris"), "France")
+        (3, ' France')
     """
     pieces = result.str_tokens[1:] if result.bos else result.str_tokens
     offset = 1 if result.bos else 0
@@ -132,7 +139,9 @@ def build_report(
     """Everything the demo shows, as a dict that :func:`jacobian_scopes.save` can write.
 
     Example:
-        >>> report = build_report(load_default_model())   # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.demo import build_report
+        >>> report = build_report(js.load_default_model())   # doctest: +SKIP
         >>> report["cases"][2]["summary"][0]["top"][0]["token"]   # doctest: +SKIP
         ' Columbia'
     """

@@ -7,6 +7,7 @@ the unembedding and of tensors of one forward pass: no model is run here.
 
 Example:
     >>> import torch
+    >>> from jacobian_scopes.directions import temperature_direction
     >>> temperature_direction(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), position=0)
     tensor([0.6000, 0.8000])
 """

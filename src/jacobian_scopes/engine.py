@@ -49,10 +49,16 @@ class GradientTap:
     caller asked for, not ``hook.name`` (the Bridge fires aliases under other names).
 
     Example:
+        >>> import torch, jacobian_scopes as js
+        >>> from jacobian_scopes.engine import GradientTap
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
         >>> tap = GradientTap("blocks.3.hook_resid_pre")
-        >>> with model.hooks(fwd_hooks=[(tap.name, tap)]):      # doctest: +SKIP
+        >>> with js.frozen(model), model.hooks(fwd_hooks=[(tap.name, tap)]):
         ...     logits = model(tokens)
-        >>> torch.autograd.grad(logits[0, -1, 42], tap.leaf)      # doctest: +SKIP
+        ...     (grad,) = torch.autograd.grad(logits[0, -1, 42], tap.leaf)
+        >>> grad.shape
+        torch.Size([1, 6, 576])
     """
 
     def __init__(self, name: str):
@@ -130,10 +136,18 @@ class Trace:
     :func:`attention_bytes` exceeds :data:`CHECKPOINT_ABOVE_BYTES`.
 
     Example:
-        >>> adapter = ModelAdapter(model)                                  # doctest: +SKIP
-        >>> with Trace(adapter, tokens, sources=["hook_embed"]) as tr:    # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.engine import Trace
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> target = model.to_single_token(" Paris")
+        >>> adapter = ModelAdapter(model)
+        >>> with Trace(adapter, tokens, sources=["hook_embed"]) as tr:
         ...     v = adapter.W_U[:, target][None, None]          # (K=1, P=1, d)
         ...     sq = tr.pullback([tokens.shape[1] - 1], v).squared["hook_embed"]
+        >>> sq.shape
+        torch.Size([...])
     """
 
     def __init__(

@@ -69,6 +69,7 @@ def parse_token_text(text: str | None) -> str | None:
     ``' Paris'``) are taken off so that a leading space can be typed visibly.
 
     Example:
+        >>> from jacobian_scopes.explorer import parse_token_text
         >>> parse_token_text("' Paris'"), parse_token_text(" "), parse_token_text("x")
         (' Paris', None, 'x')
     """
@@ -96,11 +97,14 @@ class Explorer:
     and upper bound: the model's context).
 
     Example:
-        >>> ex = Explorer(model)                                          # doctest: +SKIP
-        >>> ex.tokens("The capital of France is")                         # doctest: +SKIP
-        ['<|endoftext|>', 'The', ' capital', ' of', ' France', ' is']
-        >>> ex.attribute(Request("The capital of France is", target=" Paris")).top(1)
-        ... # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.explorer import Explorer, Request
+        >>> ex = Explorer(js.load_default_model())
+        >>> ex.tokens("The capital of France is")
+        ['<|im_start|>', 'The', ' capital', ' of', ' France', ' is']
+        >>> r = ex.attribute(Request("The capital of France is", target=" Paris"))
+        >>> r.target.tokens
+        [' Paris']
     """
 
     def __init__(self, model: Any, *, max_tokens: int | None = None):

@@ -68,7 +68,14 @@ class FisherPlan:
 
 
 def support(p: Float[Tensor, " V"], eps: float) -> Int[Tensor, " S"]:
-    """Ids of the most probable tokens whose mass first reaches 1 − eps (all of p > 0 at 0)."""
+    """Ids of the most probable tokens whose mass first reaches 1 − eps (all of p > 0 at 0).
+
+    Example:
+        >>> import torch
+        >>> from jacobian_scopes.fisher import support
+        >>> support(torch.tensor([0.05, 0.6, 0.3, 0.05]), eps=0.1)
+        tensor([1, 2])
+    """
     if not 0.0 <= eps < 1.0:
         raise ScopeInputError(f"eps must be in [0, 1), got {eps}")
     probs, ids = torch.sort(p, descending=True)

@@ -85,8 +85,12 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
     scope call in another thread waits, one in the same thread goes on.
 
     Example:
-        >>> with frozen(model):                     # doctest: +SKIP
-        ...     logits = model(tokens)
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> with js.frozen(model):
+        ...     logits = model(model.to_tokens("Hello"))
+        >>> logits.shape
+        torch.Size([1, 2, 49152])
     """
     with model_lock(model):
         # Touch only what changes: setting thousands of flags through nn.Module.__setattr__

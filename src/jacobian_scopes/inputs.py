@@ -147,6 +147,7 @@ def split_prompts(prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool
     included: pass a list of strings to let each prompt keep its own length).
 
     Example:
+        >>> from jacobian_scopes.inputs import split_prompts
         >>> split_prompts("Hello")
         (['Hello'], False)
         >>> split_prompts(["Hello", "Hi there"])

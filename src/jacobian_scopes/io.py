@@ -83,9 +83,12 @@ def save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write a result (or a list or dict of results and plain values) as JSON.
 
     Example:
-        >>> r = semantic_scope(model, "The capital of France is", " Paris")  # doctest: +SKIP
-        >>> save(r, "paris.json")                                              # doctest: +SKIP
-        >>> load("paris.json").scores.equal(r.scores)                          # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> js.save(r, "paris.json")
+        PosixPath('paris.json')
+        >>> js.load("paris.json").scores.equal(r.scores)
         True
     """
     path = Path(path)
@@ -152,7 +155,12 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> Any:
     never more than ``max_bytes + 1`` bytes of it.
 
     Example:
-        >>> result = load("reports/demo.json")   # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> js.save(js.temperature_scope(model, "1, 2, 3,"), "ones.json")
+        PosixPath('ones.json')
+        >>> js.load("ones.json").scope
+        'temperature'
     """
     path = Path(path)
     data = _read_regular_file(path, max_bytes)
@@ -672,8 +680,13 @@ def to_dataframe(results: Any) -> Any:
     the list) in front; each result's own columns as its ``to_dataframe()`` gives them.
 
     Example:
-        >>> rs = semantic_scope_batch(model, prompts)                # doctest: +SKIP
-        >>> to_dataframe(rs).to_csv("scores.csv")                    # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.io import to_dataframe
+        >>> model = js.load_default_model()
+        >>> rs = js.semantic_scope(model, ["The capital of France is", "1, 2, 3,"])
+        >>> to_dataframe(rs).to_csv("scores.csv")
+        >>> list(to_dataframe(rs).columns)
+        ['result', 'scope', 'index', 'token', 'token_id', 'score']
     """
     import pandas as pd
 

@@ -36,8 +36,11 @@ def load_model(spec: str = DEFAULT, device: str | None = None) -> Any:
       downloaded from the Hugging Face Hub; offline this fails with a clear message.
 
     Example:
-        >>> model = load_model("default")             # doctest: +SKIP
-        >>> model = load_model("./my-finetuned-gpt2")  # doctest: +SKIP
+        >>> from jacobian_scopes.models import load_model
+        >>> model = load_model("default")                   # the same as js.load_default_model()
+        >>> model.cfg.n_layers
+        30
+        >>> model = load_model("./my-finetuned-gpt2")   # doctest: +SKIP
     """
     if spec == DEFAULT:
         from jacobian_scopes.default_model import load_default_model

@@ -62,17 +62,21 @@ class GradientProbe:
     any scalar of that pass back to every source at once.
 
     Example:
-        >>> probe = GradientProbe(model, sources="resid_pre")                # doctest: +SKIP
-        >>> def ablate(z, hook):                                             # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> target = model.to_single_token(" Paris")
+        >>> probe = js.GradientProbe(model, sources="resid_pre")
+        >>> def ablate(z, hook):
         ...     z[:, :, 5] = 0.0
-        >>> hooks = [*probe.fwd_hooks, ("blocks.3.attn.hook_z", ablate)]     # doctest: +SKIP
-        >>> with frozen(model), model.hooks(fwd_hooks=hooks):                # doctest: +SKIP
+        >>> hooks = [*probe.fwd_hooks, ("blocks.3.attn.hook_z", ablate)]
+        >>> with js.frozen(model), model.hooks(fwd_hooks=hooks):
         ...     logits = model(tokens)
         ...     grads = probe.backward(logits[0, -1, target])
-        >>> grads["blocks.2.hook_resid_pre"].shape                           # doctest: +SKIP
-        torch.Size([1, 12, 768])
-        >>> grads.scores().shape                                             # doctest: +SKIP
-        torch.Size([12, 12])
+        >>> grads["blocks.2.hook_resid_pre"].shape
+        torch.Size([1, 6, 576])
+        >>> grads.scores().shape
+        torch.Size([30, 6])
 
     Your hooks may come before or after the probe's in the list: the probe's tap only
     adds a zero, so what matters is the value that flows on, which the tap's gradient

@@ -98,9 +98,13 @@ class ScopeResult:
     share of it.
 
     Example:
-        >>> r = semantic_scope(model, "The capital of France is", " Paris")  # doctest: +SKIP
-        >>> r.top(3)                                                           # doctest: +SKIP
-        [(4, ' France', 3.2), ...]
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> r.str_tokens
+        ['<|im_start|>', 'The', ' capital', ' of', ' France', ' is']
+        >>> r.top(3)
+        [(1, 'The', ...), (2, ' capital', ...), (4, ' France', ...)]
     """
 
     scope: str
@@ -170,7 +174,11 @@ class ScopeResult:
         """Display: CircuitsVis coloured tokens in a notebook, rich text in a terminal.
 
         Example:
-            >>> js.semantic_scope(model, prompt, " liberal").show()     # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> js.semantic_scope(model, "The capital of France is", " Paris").show()
+            Semantic · logit of ' Paris'
+            explains the prediction after position 5 (' is') · model's top prediction ...
         """
         from jacobian_scopes.viz.report import result_view, show
 
@@ -185,7 +193,11 @@ class ScopeResult:
         """Write this result as a self-contained offline HTML page; returns the path.
 
         Example:
-            >>> r.save_html("reports/liberal.html")                      # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+            >>> r.save_html("reports/paris.html")
+            PosixPath('reports/paris.html')
         """
         from jacobian_scopes.viz.report import save_html
 
@@ -197,7 +209,10 @@ class ScopeResult:
         tokens. Save it with ``fig.savefig("x.png" | "x.svg" | "x.pdf")``.
 
         Example:
-            >>> r.plot().savefig("liberal.svg")                          # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+            >>> r.plot().savefig("paris.svg")
         """
         from jacobian_scopes.viz import plots
 
@@ -231,7 +246,11 @@ class ScopeResult:
         """Write :meth:`to_dataframe` as CSV; returns the path.
 
         Example:
-            >>> r.to_csv("liberal.csv")      # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+            >>> r.to_csv("paris.csv")
+            'paris.csv'
         """
         self.to_dataframe().to_csv(path, index=False)
         return path
@@ -241,8 +260,12 @@ class ScopeResult:
         the path. Read it back with :func:`jacobian_scopes.load`, without the model.
 
         Example:
-            >>> r.save("liberal.json")                               # doctest: +SKIP
-            >>> js.load("liberal.json").scores.equal(r.scores)       # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+            >>> r.save("paris.json")
+            PosixPath('paris.json')
+            >>> js.load("paris.json").scores.equal(r.scores)
             True
         """
         from jacobian_scopes.io import save
@@ -257,11 +280,14 @@ class ScopeResults(list[ScopeResult]):
     tabulates all of them at once.
 
     Example:
-        >>> rs = js.semantic_scope(model, ["The capital of France is",     # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> rs = js.semantic_scope(model, ["The capital of France is",
         ...                                "The capital of Italy is"], [" Paris", " Rome"])
-        >>> [r.top(1)[0][1] for r in rs]                                    # doctest: +SKIP
+        >>> [r.top(3)[2][1] for r in rs]
         [' France', ' Italy']
-        >>> rs.to_dataframe().groupby("prompt_index").score.max()          # doctest: +SKIP
+        >>> rs.to_dataframe().groupby("prompt_index").token.count().tolist()
+        [6, 6]
     """
 
     def to_dataframe(self) -> Any:
@@ -322,11 +348,13 @@ class GenerationResult:
     ``token_probs[i]`` is the probability the model gave generated token ``i``.
 
     Example:
-        >>> g = generate_scope(model, "The capital of France is", 5)   # doctest: +SKIP
-        >>> g.generated_tokens                                           # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> g = js.generate_scope(model, "The capital of France is", 3)
+        >>> g.generated_tokens
         [' Paris', '.', ...]
-        >>> g.scores.shape                                               # doctest: +SKIP
-        torch.Size([5, 10])
+        >>> g.scores.shape
+        torch.Size([3, 8])
     """
 
     scope: str
@@ -420,7 +448,10 @@ class GenerationResult:
         stay blank.
 
         Example:
-            >>> g.plot().savefig("generation.svg")   # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> g = js.generate_scope(model, "The capital of France is", 3)
+            >>> g.plot().savefig("generation.svg")
         """
         import matplotlib.pyplot as plt
         import numpy as np
@@ -461,7 +492,11 @@ class GenerationResult:
         :func:`jacobian_scopes.save_html` with other views.
 
         Example:
-            >>> js.save_html("gen.html", g.view(), title="Lorenz")   # doctest: +SKIP
+            >>> import jacobian_scopes as js
+            >>> model = js.load_default_model()
+            >>> g = js.generate_scope(model, "The capital of France is", 3)
+            >>> js.save_html("gen.html", g.view(), title="Paris")
+            PosixPath('gen.html')
         """
         from jacobian_scopes.viz.maps import MapView
 

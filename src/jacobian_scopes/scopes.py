@@ -128,11 +128,11 @@ def semantic_scope(
         >>> model = js.load_default_model()
         >>> prompt = "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a"
         >>> js.semantic_scope(model, prompt, " liberal").top(1)
-        [(15, ' Columbia', 11.98...)]
+        [(15, ' Columbia', ...)]
         >>> rs = js.semantic_scope(model, ["The capital of France is", "The capital of Italy is"],
         ...                        [" Paris", " Rome"])
-        >>> [r.top(1)[0][1] for r in rs]
-        [' France', ' Italy']
+        >>> [r.target.tokens for r in rs]
+        [[' Paris'], [' Rome']]
     """
     opts = check_options("semantic_scope", options)
     prompts, many = split_prompts(prompt)
@@ -203,7 +203,7 @@ def temperature_scope(
         >>> model = js.load_default_model()
         >>> r = js.temperature_scope(model, "12, 15, 19, 24, 30,")
         >>> r.scores.shape
-        torch.Size([11])
+        torch.Size([20])
     """
     opts = check_options("temperature_scope", options)
     prompts, many = split_prompts(prompt)
@@ -293,7 +293,7 @@ def fisher_scope(
     Example:
         >>> import jacobian_scopes as js
         >>> model = js.load_default_model()
-        >>> r = js.fisher_scope(model, "French: lentille jacobienne. English: Jacobian")
+        >>> r = js.fisher_scope(model, "The capital of France is")
         >>> r.fisher.method, r.fisher.n_vjps
         ('sketch', 16)
     """

@@ -57,7 +57,17 @@ def resolve_sources(
     adapter: ModelAdapter, sources: SourcesLike, at: str | None = None
 ) -> SourceSpec:
     """The hooks to tap for ``sources``. A per-layer shortcut stops at the block of the
-    explained hook ``at`` (the later layers cannot influence it)."""
+    explained hook ``at`` (the later layers cannot influence it).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.sources import resolve_sources
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> spec = resolve_sources(adapter, "resid_pre", at="blocks.2.hook_resid_post")
+        >>> spec.labels, spec.layout
+        (('blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre', 'blocks.2.hook_resid_pre'), 'rows')
+    """
     if sources is None:
         return SourceSpec((EMBED_HOOK,), (EMBED_HOOK,), (False,), "embed")
     if isinstance(sources, (bytes, int, float)) or sources is True or sources is False:

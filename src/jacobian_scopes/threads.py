@@ -25,8 +25,13 @@ def model_lock(model: Any) -> threading.RLock:
     """The re-entrant lock that serialises calls on ``model`` (one per model object).
 
     Example:
-        >>> with model_lock(model):          # doctest: +SKIP
-        ...     r = semantic_scope(model, prompt, " Paris")   # same thread: goes on
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.threads import model_lock
+        >>> model = js.load_default_model()
+        >>> with model_lock(model):   # other threads' calls on this model wait meanwhile
+        ...     r = js.semantic_scope(model, "The capital of France is", " Paris")  # same thread
+        >>> model_lock(model) is model_lock(model)
+        True
     """
     with _registry_lock:
         lock = _locks.get(model)
@@ -43,8 +48,12 @@ class ThreadGate:
     blocks' forward again, and on CUDA autograd runs the backward in threads of its own.
 
     Example:
+        >>> from jacobian_scopes.threads import ThreadGate
         >>> gate = ThreadGate()
-        >>> hooks = gate.hooks([("hook_embed", my_hook)])   # doctest: +SKIP
+        >>> [name for name, fn in gate.hooks([("hook_embed", print)])]  # each fn is gated
+        ['hook_embed']
+        >>> gate.acting()
+        True
     """
 
     def __init__(self) -> None:

@@ -123,7 +123,10 @@ def replacement_token(adapter: ModelAdapter, replacement: TargetLike | None) -> 
     """The token used for "token replaced": the given one, else pad, unk or eos.
 
     Example:
-        >>> replacement_token(ModelAdapter(model), None)          # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.eval.baselines import replacement_token
+        >>> replacement_token(ModelAdapter(js.load_default_model()), None)
         2
     """
     if replacement is not None:
@@ -189,8 +192,11 @@ def attention(
     ignored. Scores sum to 1 over the tokens.
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.eval.baselines import attention
-        >>> attention(model, "The capital of France is", method="rollout").top(2)  # doctest: +SKIP
+        >>> model = js.load_default_model()
+        >>> attention(model, "The capital of France is", method="rollout").top(2)
+        [(1, 'The', ...), (3, ' of', ...)]
     """
     _check("method", method, ("last", "rollout"))
     call = _call(model, prompt, position, prepend_bos, fwd_hooks)
@@ -243,8 +249,10 @@ def gradient_norm(
     direction ``w_target − w̄`` is ∂ log p/∂y), so this calls it rather than repeating it.
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.eval.baselines import gradient_norm
-        >>> gradient_norm(model, "The capital of France is").target.tokens   # doctest: +SKIP
+        >>> model = js.load_default_model()
+        >>> gradient_norm(model, "The capital of France is").target.tokens
         [' Paris']
     """
     _check("mode", mode, MODES)
@@ -288,8 +296,11 @@ def input_x_gradient(
     is what the deletion metrics probe. ``vectors`` holds ``x_t ⊙ ∂f/∂x_t`` (pos, d).
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.eval.baselines import input_x_gradient
-        >>> input_x_gradient(model, "The capital of France is", " Paris").top(1)  # doctest: +SKIP
+        >>> model = js.load_default_model()
+        >>> input_x_gradient(model, "The capital of France is", " Paris").top(1)
+        [(4, ' France', ...)]
     """
     _check("mode", mode, MODES)
     _check("reduce", reduce, REDUCTIONS)
@@ -323,6 +334,7 @@ def quadrature(n_steps: int, rule: Quadrature = "gausslegendre") -> tuple[np.nda
       IG is a right Riemann sum with 5 steps).
 
     Example:
+        >>> from jacobian_scopes.eval.baselines import quadrature
         >>> nodes, weights = quadrature(4)
         >>> round(float((weights * nodes**7).sum()), 12) == 1 / 8
         True
@@ -390,9 +402,12 @@ def integrated_gradients(
     dimensions (the authors' variant); ``vectors`` holds the per-dimension IG (pos, d).
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.eval.baselines import integrated_gradients
-        >>> r = integrated_gradients(model, "The capital of France is")    # doctest: +SKIP
-        >>> r.params["completeness"]["gap"]                                 # doctest: +SKIP
+        >>> model = js.load_default_model()
+        >>> r = integrated_gradients(model, "The capital of France is")
+        >>> round(r.params["completeness"]["gap"], 2)
+        -0.16
     """
     _check("mode", mode, MODES)
     _check("reduce", reduce, REDUCTIONS)
@@ -491,9 +506,16 @@ def occlusion_logits(
     model); the result has ``position + 2`` rows.
 
     Example:
-        >>> adapter = ModelAdapter(model)                                   # doctest: +SKIP
-        >>> logits = occlusion_logits(adapter, tokens, tokens.shape[1] - 1)  # doctest: +SKIP
-        >>> occlusion_effects(logits, None, "kl")  # KL per left-out token  # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.eval.baselines import occlusion_effects, occlusion_logits
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> logits = occlusion_logits(ModelAdapter(model), tokens, tokens.shape[1] - 1)
+        >>> logits.shape
+        torch.Size([7, 49152])
+        >>> occlusion_effects(logits, None, "kl").shape  # KL per left-out token
+        torch.Size([6])
     """
     n = position + 1
     rows = tokens.expand(n + 1, -1).clone()
@@ -520,6 +542,8 @@ def occlusion_effects(
     """Per occluded token (rows 1…), the drop of the measure against row 0 (or KL(p₀‖p_t)).
 
     Example:
+        >>> import torch
+        >>> from jacobian_scopes.eval.baselines import occlusion_effects
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
         >>> round(float(occlusion_effects(logits, 0, "logprob")[0]), 4)
         0.5662
@@ -562,8 +586,11 @@ def occlusion(
     gradients; tokens after ``position`` score 0.
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.eval.baselines import occlusion
-        >>> occlusion(model, "The capital of France is", measure="kl").top(1)   # doctest: +SKIP
+        >>> model = js.load_default_model()
+        >>> occlusion(model, "The capital of France is", measure="kl").top(1)
+        [(4, ' France', ...)]
     """
     _check("replace", replace, ("zero", "token"))
     _check("measure", measure, MEASURES)

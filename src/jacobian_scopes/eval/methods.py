@@ -41,6 +41,8 @@ class Method:
     The name identifies the method in a results file: rename it when you change it.
 
     Example:
+        >>> import torch
+        >>> from jacobian_scopes.eval.methods import Method
         >>> m = Method("saliency", lambda model, tokens, target: torch.ones(tokens.shape[1]))
         >>> m.outputs
         ('saliency',)
@@ -65,6 +67,8 @@ def method_scores(
     evaluation records (integrated gradients' completeness gap).
 
     Example:
+        >>> import torch
+        >>> from jacobian_scopes.eval.methods import Method, method_scores
         >>> m = Method("ones", lambda model, tokens, target: torch.ones(tokens.shape[1]))
         >>> method_scores(m, None, torch.tensor([[0, 5, 6]]), 0)["ones"][0]
         tensor([1., 1., 1.])
@@ -104,6 +108,8 @@ def random_method(seed: int = 0, name: str = "random") -> Method:
     gives the same order for the same passage.
 
     Example:
+        >>> import torch
+        >>> from jacobian_scopes.eval.methods import random_method
         >>> r = random_method(seed=1)
         >>> toks = torch.tensor([[0, 5, 6]])
         >>> torch.equal(r.fn(None, toks, 0), r.fn(None, toks, 0))
@@ -152,6 +158,7 @@ def default_methods(
       ``occlusion_token`` (token replaced by pad/unk/eos).
 
     Example:
+        >>> from jacobian_scopes.eval.methods import default_methods
         >>> [m.name for m in default_methods()][:3]
         ['semantic', 'temperature', 'fisher']
     """
@@ -214,6 +221,7 @@ def resolve_methods(
     :func:`default_methods` (``seed`` and ``defaults`` are passed to it).
 
     Example:
+        >>> from jacobian_scopes.eval.methods import resolve_methods
         >>> [m.name for m in resolve_methods(["semantic", "random"])]
         ['semantic', 'random']
         >>> [m.name for m in resolve_methods(["input_x_gradient_norm"])]

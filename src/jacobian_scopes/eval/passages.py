@@ -50,6 +50,7 @@ def as_passages(prompts: Iterable[Prompt | Passage]) -> list[Passage]:
     """Wrap plain prompts (text or token ids) as passages with keys.
 
     Example:
+        >>> from jacobian_scopes.eval.passages import as_passages
         >>> [p.key for p in as_passages(["a b", "c d"])]
         ['0:7dbde9350412', '1:3526a043590f']
     """
@@ -72,6 +73,7 @@ def split_last_word(text: str) -> tuple[str, str]:
     with one leading space (how it continues the prompt for the tokenizer).
 
     Example:
+        >>> from jacobian_scopes.eval.passages import split_last_word
         >>> split_last_word("He looked at her and said hello")
         ('He looked at her and said', ' hello')
     """
@@ -91,9 +93,13 @@ def load_lambada(path: str | Path = LAMBADA_200, limit: int | None = None) -> li
     By default the 200 passages shipped with the package (:data:`LAMBADA_200`).
 
     Example:
-        >>> passages = load_lambada("../shared/data/lambada_200.json", limit=5)  # doctest: +SKIP
-        >>> passages[0].target                                                    # doctest: +SKIP
-        ' Bob'
+        >>> import json
+        >>> from jacobian_scopes.eval.passages import load_lambada
+        >>> with open("lambada.json", "w") as f:
+        ...     json.dump([{"text": "He looked at her and said hello"}], f)
+        >>> passages = load_lambada("lambada.json", limit=5)
+        >>> passages[0].prompt, passages[0].target
+        ('He looked at her and said', ' hello')
     """
     path = Path(path)
     if not path.exists():

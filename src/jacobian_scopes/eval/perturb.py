@@ -43,7 +43,10 @@ def starts_with_bos(model: Any, tokens: Int[Tensor, "batch pos"]) -> bool:
     deletion metrics and the IG baseline leave in place by default).
 
     Example:
-        >>> starts_with_bos(model, model.to_tokens("Hello"))      # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.eval.perturb import starts_with_bos
+        >>> model = js.load_default_model()
+        >>> starts_with_bos(model, model.to_tokens("Hello"))
         True
     """
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
@@ -54,9 +57,15 @@ def zero_embeddings(mask: Bool[Tensor, "batch pos"]) -> Callable[[Tensor, Any], 
     """A ``hook_embed`` hook that zeroes the embeddings where ``mask`` is True (per row).
 
     Example:
+        >>> import torch, jacobian_scopes as js
+        >>> from jacobian_scopes.eval.perturb import zero_embeddings
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("Hello world")
         >>> mask = torch.tensor([[False, True, False]])
-        >>> with model.hooks(fwd_hooks=[("hook_embed", zero_embeddings(mask))]):  # doctest: +SKIP
+        >>> with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", zero_embeddings(mask))]):
         ...     logits = model(tokens)
+        >>> logits.shape
+        torch.Size([1, 3, 49152])
     """
 
     def hook(x: Tensor, hook: Any) -> Tensor:
@@ -82,10 +91,15 @@ def logits_at(
     left exactly as it was.
 
     Example:
-        >>> adapter = ModelAdapter(model)                                   # doctest: +SKIP
-        >>> rows = tokens.expand(3, -1)                                     # doctest: +SKIP
-        >>> zero = torch.eye(3, tokens.shape[1], dtype=torch.bool)          # doctest: +SKIP
-        >>> logits_at(adapter, rows, -1, zero=zero).shape                   # doctest: +SKIP
+        >>> import torch, jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.eval.perturb import logits_at
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> adapter = ModelAdapter(model)
+        >>> rows = tokens.expand(3, -1)
+        >>> zero = torch.eye(3, tokens.shape[1], dtype=torch.bool)
+        >>> logits_at(adapter, rows, -1, zero=zero).shape
         torch.Size([3, 49152])
     """
     if tokens.dim() != 2:
@@ -128,8 +142,12 @@ def embeddings(
     The forward pass stops right after the embedding, so this costs almost nothing.
 
     Example:
-        >>> embeddings(ModelAdapter(model), tokens).shape                   # doctest: +SKIP
-        torch.Size([1, 12, 576])
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.eval.perturb import embeddings
+        >>> model = js.load_default_model()
+        >>> embeddings(ModelAdapter(model), model.to_tokens("The capital of France is")).shape
+        torch.Size([1, 6, 576])
     """
     seen: dict[str, Tensor] = {}
 

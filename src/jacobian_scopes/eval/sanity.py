@@ -45,8 +45,16 @@ class RandomisationResult:
     re-initialised), ``method``, ``passage`` and ``spearman``.
 
     Example:
-        >>> res = randomisation_check(model, ["The capital of France is"])   # doctest: +SKIP
-        >>> res.summary()                                                      # doctest: +SKIP
+        >>> import pandas as pd
+        >>> from jacobian_scopes.eval.sanity import RandomisationResult
+        >>> res = RandomisationResult(pd.DataFrame({
+        ...     "step": [0, 0, 1, 1], "randomised": ["none", "none", "unembed", "unembed"],
+        ...     "method": ["semantic"] * 4, "passage": ["0:a", "1:b", "0:a", "1:b"],
+        ...     "spearman": [1.0, 1.0, 0.25, 0.75]}))
+        >>> res.summary()[["randomised", "method", "spearman", "n"]]
+          randomised    method  spearman  n
+        0       none  semantic       1.0  2
+        1    unembed  semantic       0.5  2
     """
 
     per_prompt: pd.DataFrame
@@ -82,7 +90,9 @@ def cascade(model: Any, stride: int = 1, include_embed: bool = True) -> list[tup
     """The modules re-initialised at each step, output side first: ``[(label, modules)]``.
 
     Example:
-        >>> [label for label, _ in cascade(model, stride=2)]       # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.eval.sanity import cascade
+        >>> [label for label, _ in cascade(js.load_default_model(), stride=2)]
         ['unembed', 'blocks.28-29', ..., 'blocks.0-1', 'embed']
     """
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
@@ -148,8 +158,17 @@ def randomisation_check(
         seed: seeds the re-initialisation.
 
     Example:
-        >>> res = randomisation_check(model, prompts, stride=6)     # doctest: +SKIP
-        >>> res.table()                                               # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.eval.sanity import randomisation_check
+        >>> model = js.load_default_model()
+        >>> res = randomisation_check(model, ["The capital of France is"], ["semantic"],
+        ...                           stride=30, include_embed=False, verbose=False)
+        >>> res.table().round(1)
+        method            semantic
+        step randomised
+        0    none              1.0
+        1    unembed           0.9
+        2    blocks.0-29       0.7
     """
     if methods is None:
         keep = {"semantic", "temperature", "fisher", "gradient_norm", "input_x_gradient"}

@@ -24,6 +24,7 @@ def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
     """Ranks 1…n, ties sharing the mean of the ranks they span.
 
     Example:
+        >>> from jacobian_scopes.eval.stats import rankdata
         >>> rankdata([10, 20, 20, 5]).tolist()
         [2.0, 3.5, 3.5, 1.0]
     """
@@ -43,6 +44,7 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
     """Spearman's ρ: the Pearson correlation of the ranks. NaN if either side is constant.
 
     Example:
+        >>> from jacobian_scopes.eval.stats import spearman
         >>> spearman([1, 2, 3, 4], [10, 20, 30, 25])
         0.8
     """
@@ -73,6 +75,7 @@ def bootstrap_ci(
     """(mean, low, high): the mean of the finite values and its percentile bootstrap interval.
 
     Example:
+        >>> from jacobian_scopes.eval.stats import bootstrap_ci
         >>> mean, low, high = bootstrap_ci([1.0, 2.0, 3.0, 4.0], seed=0)
         >>> low <= mean <= high
         True
@@ -116,6 +119,7 @@ def paired_comparison(
     never 0) and counts how often the mean difference is at least as far from 0 as observed.
 
     Example:
+        >>> from jacobian_scopes.eval.stats import paired_comparison
         >>> paired_comparison([1.0, 2.0, 3.0], [0.0, 1.0, 2.5], seed=0).mean_difference
         0.8333333333333334
     """
@@ -145,6 +149,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (same order as given; NaN stays NaN).
 
     Example:
+        >>> from jacobian_scopes.eval.stats import holm
         >>> holm([0.01, 0.04, 0.03])
         [0.03, 0.06, 0.06]
     """

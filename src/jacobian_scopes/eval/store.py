@@ -36,6 +36,7 @@ class ResultsStore:
     """In memory, and mirrored to ``path`` (JSONL) when one is given.
 
     Example:
+        >>> from jacobian_scopes.eval.store import ResultsStore
         >>> store = ResultsStore(None, {"fractions": [0.05, 0.1, 0.2]})
         >>> store.put({"type": "method", "passage": "0:ab", "name": "random", "aopc": -0.1})
         >>> store.get("method", "0:ab", "random")["aopc"]

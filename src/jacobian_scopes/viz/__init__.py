@@ -11,6 +11,13 @@ One module per concern:
 * :mod:`~jacobian_scopes.viz.report`: sections, figures, ``save_html``, notebooks, ``show``;
 * :mod:`~jacobian_scopes.viz.plots`: matplotlib figures, including the time series;
 * :mod:`~jacobian_scopes.viz.terminal`: the rich terminal view.
+
+Example:
+    >>> import jacobian_scopes as js
+    >>> model = js.load_default_model()
+    >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+    >>> js.viz.token_view(r).save_html("paris.html")
+    PosixPath('paris.html')
 """
 
 from jacobian_scopes.viz.attention import AttentionView, beside_attention

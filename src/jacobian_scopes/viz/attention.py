@@ -38,6 +38,7 @@ def inert_label(token: str) -> str:
     """Token text that is inert both as HTML and as canvas text.
 
     Example:
+        >>> from jacobian_scopes.viz.attention import inert_label
         >>> inert_label("<bos>")
         '＜bos＞'
     """
@@ -108,9 +109,14 @@ def beside_attention(
         include_bos: put the BOS token in the colour scales and the similarity.
 
     Example:
-        >>> r = js.semantic_scope(model, prompt, " liberal")                  # doctest: +SKIP
-        >>> js.beside_attention(model, r, layers=[3, 4], heads=[0, 5]).show() # doctest: +SKIP
-        >>> js.beside_attention(model, r, heads=[(3, 0), (20, 7)])            # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import beside_attention
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> beside_attention(model, r, layers=[3, 4], heads=[0, 5]).save_html("attention.html")
+        PosixPath('attention.html')
+        >>> beside_attention(model, r, heads=[(3, 0), (20, 7)]).head_names
+        ['L3H0', 'L20H7']
     """
     if not isinstance(result, ScopeResult):
         raise TypeError(f"beside_attention needs a ScopeResult, got {type(result).__name__}")

@@ -65,11 +65,16 @@ def compare(
         title: a heading for the whole view.
 
     Example:
-        >>> lib = js.semantic_scope(model, prompt, " liberal")            # doctest: +SKIP
-        >>> con = js.semantic_scope(model, prompt, " conservative")       # doctest: +SKIP
-        >>> js.compare(lib, con, difference=True)                         # doctest: +SKIP
-        >>> js.compare(js.semantic_scope(model, prompt, " liberal"),      # doctest: +SKIP
-        ...            js.fisher_scope(model, prompt), js.temperature_scope(model, prompt))
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> prompt = "The capital of France is"
+        >>> paris = js.semantic_scope(model, prompt, " Paris")
+        >>> lyon = js.semantic_scope(model, prompt, " Lyon")
+        >>> [row.title for row in js.compare(paris, lyon, difference=True).rows]
+        ["Semantic · logit of ' Paris'", "Semantic · logit of ' Lyon'",
+         "difference: ' Paris' − ' Lyon'"]
+        >>> js.compare(paris, js.temperature_scope(model, prompt)).save_html("compare.html")
+        PosixPath('compare.html')
     """
     if len(results) < 2:
         raise ValueError("compare needs at least two results")

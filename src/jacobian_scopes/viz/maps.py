@@ -142,8 +142,12 @@ def layer_token_map(result: ScopeResult, *, include_bos: bool = False) -> MapVie
     """Layer (or source) × token map of a drill-down result (per-head scores are combined).
 
     Example:
-        >>> r = js.semantic_scope(model, prompt, " liberal", sources="resid_pre")  # doctest: +SKIP
-        >>> js.layer_token_map(r).save_html("layers.html")                         # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import layer_token_map
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris", sources="resid_pre")
+        >>> layer_token_map(r).save_html("layers.html")
+        PosixPath('layers.html')
     """
     scores = _scores(result)
     fisher = result.scope == "fisher"
@@ -174,8 +178,13 @@ def layer_head_map(
     combined over tokens (BOS left out unless ``include_bos``) or for one ``token``.
 
     Example:
-        >>> r = js.semantic_scope(model, prompt, " liberal", sources="z")  # doctest: +SKIP
-        >>> js.layer_head_map(r, token=15)                                 # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import layer_head_map
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris", sources="z")
+        >>> m = layer_head_map(r, token=4)
+        >>> len(m.rows), len(m.cols), m.meta
+        (30, 9, "token 4 ' France'")
     """
     if result.score_axes != ("layer", "head", "token"):
         raise ValueError(
@@ -208,9 +217,13 @@ def maps(result: ScopeResult, *, include_bos: bool = False) -> list[MapView]:
     """Every map that fits the result's layout (none for a plain per-token result).
 
     Example:
-        >>> r = js.semantic_scope(model, prompt, " liberal", sources="z")  # doctest: +SKIP
-        >>> [m.title for m in maps(r)]                                     # doctest: +SKIP
-        ["Semantic · logit of ' liberal' · layer × head", "… · layer × token"]
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import maps
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris", sources="z")
+        >>> [m.title for m in maps(r)]
+        ["Semantic · logit of ' Paris' · layer × head",
+         "Semantic · logit of ' Paris' · layer × token"]
     """
     if result.scores.dim() == 1:
         return []

@@ -37,6 +37,7 @@ def escape_text(text: str) -> str:
     """Escape text for HTML element content (``&``, ``<``, ``>``); quotes stay as they are.
 
     Example:
+        >>> from jacobian_scopes.viz.page import escape_text
         >>> escape_text("<bos> & </script>")
         '&lt;bos&gt; &amp; &lt;/script&gt;'
     """
@@ -58,6 +59,7 @@ def script_json(value: Any) -> str:
     no spelling for them and a colour scale cannot use them.
 
     Example:
+        >>> from jacobian_scopes.viz.page import script_json
         >>> script_json({"t": "</script>"})
         '{"t": "\\\\u003c/script\\\\u003e"}'
     """

@@ -32,6 +32,7 @@ def mpl_text(text: str) -> str:
     """Text that matplotlib draws as written (no mathtext, no control characters).
 
     Example:
+        >>> from jacobian_scopes.viz.plots import mpl_text
         >>> mpl_text("$x$\\n")
         '\\\\$x\\\\$↵'
     """
@@ -59,8 +60,11 @@ def plot_result(
     on it); the explained position's bar is outlined and the target is named after it.
 
     Example:
-        >>> fig = js.semantic_scope(model, prompt, " liberal").plot()    # doctest: +SKIP
-        >>> fig.savefig("liberal.svg")                                   # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import plot_result
+        >>> model = js.load_default_model()
+        >>> fig = plot_result(js.semantic_scope(model, "The capital of France is", " Paris"))
+        >>> fig.savefig("paris.svg")
     """
     if not isinstance(result, ScopeResult):
         raise TypeError(f"plot_result needs a ScopeResult, got {type(result).__name__}")
@@ -173,9 +177,14 @@ def series_influence(result: ScopeResult, *, aggregate: str | None = None) -> Se
     Separators (commas, spaces) and the BOS token belong to no number and are left out.
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.casestudies import lorenz_series, series_prompt
-        >>> r = js.temperature_scope(model, series_prompt(lorenz_series(40)))  # doctest: +SKIP
-        >>> series_influence(r).influence[:3]                                   # doctest: +SKIP
+        >>> from jacobian_scopes.viz import series_influence
+        >>> model = js.load_default_model()
+        >>> r = js.temperature_scope(model, series_prompt(lorenz_series(10)))
+        >>> s = series_influence(r)
+        >>> len(s.values), len(s.influence)
+        (10, 10)
     """
     if result.scores.dim() != 1:
         raise ValueError("the time-series view needs per-token scores (leave sources unset)")
@@ -221,9 +230,12 @@ def plot_series(
     oscillation (the model copies what followed similar stretches).
 
     Example:
+        >>> import jacobian_scopes as js
         >>> from jacobian_scopes.casestudies import lorenz_series, series_prompt
-        >>> r = js.temperature_scope(model, series_prompt(lorenz_series(40)))  # doctest: +SKIP
-        >>> js.plot_series(r).savefig("lorenz.pdf")                             # doctest: +SKIP
+        >>> from jacobian_scopes.viz import plot_series
+        >>> model = js.load_default_model()
+        >>> r = js.temperature_scope(model, series_prompt(lorenz_series(10)))
+        >>> plot_series(r).savefig("lorenz.pdf")
     """
     s = series_influence(result, aggregate=aggregate)
     n = len(s.values)

@@ -100,6 +100,7 @@ def as_view(obj: Any) -> View:
     """Turn anything :func:`save_html` accepts into a view (see the module docstring).
 
     Example:
+        >>> from jacobian_scopes.viz.report import as_view
         >>> as_view(("Notes", "plain text")).heading
         'Notes'
     """
@@ -137,6 +138,7 @@ def render_document(*views: Any, title: str | None = None) -> str:
     """A complete HTML document (str) holding ``views``; see :func:`save_html`.
 
     Example:
+        >>> from jacobian_scopes.viz.report import render_document
         >>> render_document("hello <world>", title="T").count("&lt;world&gt;")
         1
     """
@@ -162,12 +164,16 @@ def save_html(path: str | os.PathLike[str], *views: Any, title: str | None = Non
 
     Example:
         >>> import jacobian_scopes as js
-        >>> lib = js.semantic_scope(model, prompt, " liberal")             # doctest: +SKIP
-        >>> con = js.semantic_scope(model, prompt, " conservative")        # doctest: +SKIP
-        >>> js.save_html("report.html", lib,                               # doctest: +SKIP
-        ...              ("Liberal vs conservative", js.compare(lib, con)),
-        ...              ("Attention", js.beside_attention(model, lib, layers=[3])),
-        ...              title="Implicit bias")
+        >>> from jacobian_scopes.viz import beside_attention
+        >>> model = js.load_default_model()
+        >>> prompt = "The capital of France is"
+        >>> paris = js.semantic_scope(model, prompt, " Paris")
+        >>> lyon = js.semantic_scope(model, prompt, " Lyon")
+        >>> js.save_html("report.html", paris,
+        ...              ("Paris vs Lyon", js.compare(paris, lyon)),
+        ...              ("Attention", beside_attention(model, paris, layers=[3])),
+        ...              title="Capitals")
+        PosixPath('report.html')
     """
     if not views:
         raise ValueError("save_html needs at least one view to show")
@@ -206,7 +212,11 @@ def show(obj: Any) -> None:
     """Display ``obj`` (a result or any view): HTML in a notebook, rich text elsewhere.
 
     Example:
-        >>> js.semantic_scope(model, prompt, " liberal").show()    # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> js.show(js.semantic_scope(model, "The capital of France is", " Paris"))
+        Semantic · logit of ' Paris'
+        explains the prediction after position 5 (' is') · model's top prediction ...
     """
     view = as_view(obj)
     if in_notebook():

@@ -26,6 +26,7 @@ def safe_text(token: str) -> str:
     """Token text with line breaks, tabs and control characters made visible.
 
     Example:
+        >>> from jacobian_scopes.viz.terminal import safe_text
         >>> safe_text("a\\nb\\x1b[2J")
         'a↵b\\\\x1b[2J'
     """
@@ -119,6 +120,13 @@ def print_result(result: ScopeResult, *, k: int = 5, console: Console | None = N
     """Print a result to the terminal with rich.
 
     Example:
-        >>> print_result(js.temperature_scope(model, "12,15,19,"))   # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz.terminal import print_result
+        >>> model = js.load_default_model()
+        >>> print_result(js.temperature_scope(model, "12,15,19,"))
+        Temperature
+        explains the prediction after position 9 (',') · model's top prediction ...
+        rank  #  token      score
+           1  1  '1'     16.5...
     """
     (console or Console()).print(result_renderable(result, k=k))

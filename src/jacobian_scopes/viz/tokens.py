@@ -193,6 +193,7 @@ def colored_tokens(
     """Colour any per-token values (signed values get a symmetric scale).
 
     Example:
+        >>> from jacobian_scopes.viz.tokens import colored_tokens
         >>> v = colored_tokens(["a", " b"], [0.5, -1.0], title="difference")
         >>> v.signed, v.scale
         (True, 1.0)
@@ -225,8 +226,12 @@ def token_view(
     :func:`jacobian_scopes.viz.maps.maps` shows them layer by layer.
 
     Example:
-        >>> r = js.semantic_scope(model, prompt, " liberal")     # doctest: +SKIP
-        >>> token_view(r).save_html("liberal.html")              # doctest: +SKIP
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import token_view
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> token_view(r).save_html("paris.html")
+        PosixPath('paris.html')
     """
     if not isinstance(result, ScopeResult):
         raise TypeError(f"token_view needs a ScopeResult, got {type(result).__name__}")
