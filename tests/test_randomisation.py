@@ -67,3 +67,19 @@ def test_reinitialising_the_unembedding_unties_it_from_the_embedding(kind):
     toks = helpers.tokens(6)[None]
     with torch.no_grad():
         assert not torch.allclose(work(toks), model(toks))
+
+
+def test_the_users_model_holds_nothing_of_the_randomised_copy(kind):
+    """TransformerLens's capture hooks survive a deep copy by reference; the copy's forward
+    passes must not leave tensors of its graph in the user's model."""
+    import copy
+
+    model = helpers.make_model(kind, "llama")
+    randomisation_check(model, ["w1 w2 w3 w4"], ["semantic"], stride=1, verbose=False)
+    held = [
+        name
+        for name, module in torch.nn.Module.named_modules(model)
+        if getattr(module, "_captured_pre_ln_residual", None) is not None
+    ]
+    assert held == []
+    copy.deepcopy(model)  # raises on tensors that are not graph leaves

@@ -260,3 +260,29 @@ def _tl_version() -> str:
         return importlib.metadata.version("transformer-lens")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - editable checkouts
         return "unknown"
+
+
+def copy_model(model: Any) -> Any:
+    """A deep copy of ``model`` that shares no state with it.
+
+    ``copy.deepcopy`` copies a Bridge's blocks but not the closures of the capture hooks
+    TransformerLens wires into them (functions are copied by reference): the copy's hooks
+    would keep writing their captured residuals into the *original* model's attention
+    modules, which then hold tensors of the copy's autograd graph. The copy's hooks are
+    therefore removed, and TransformerLens wires fresh ones on the copy's first forward.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import copy_model
+        >>> model = js.load_default_model()
+        >>> copy_model(model) is not model
+        True
+    """
+    import copy
+
+    work = copy.deepcopy(model)
+    for block in getattr(work, "blocks", []):
+        teardown = getattr(block, "_teardown_capture_hooks", None)
+        if callable(teardown):
+            teardown()
+    return work

@@ -18,7 +18,6 @@ exactly what it names. The user's model is never modified: everything runs on th
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.adapter import ModelAdapter, copy_model
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.eval import perturb, stats
 from jacobian_scopes.eval.methods import MethodLike, default_methods, method_scores, resolve_methods
@@ -176,7 +175,7 @@ def randomisation_check(
         methods = [m for m in default_methods(seed=seed) if m.name in keep]
     methods = resolve_methods(methods, seed=seed)
     passages = as_passages(prompts)
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     adapter = ModelAdapter(work)
     steps = cascade(work, stride, include_embed)
     inputs = []
