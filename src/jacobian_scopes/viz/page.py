@@ -178,6 +178,13 @@ CSS = f"""
 .jsv table.jsv-map thead th {{ writing-mode: vertical-rl; transform: rotate(180deg);
   text-align: left; vertical-align: bottom; max-height: 9em; overflow: hidden; }}
 .jsv table.jsv-map tbody th {{ text-align: right; }}
+.jsv table.jsv-map .jsv-rowmax {{ width: auto; border: 0; color: #888; font-size: 9px;
+  text-align: left; padding-left: 4px; }}
+.jsv table.jsv-map thead th.jsv-rowmax {{ writing-mode: horizontal-tb; transform: none;
+  vertical-align: bottom; }}
+.jsv .jsv-side {{ display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }}
+.jsv table.jsv-agree {{ border-collapse: collapse; font-size: 12px; margin: .4em 0; }}
+.jsv table.jsv-agree td, .jsv table.jsv-agree th {{ border: 1px solid #ddd; padding: 2px 8px; }}
 .jsv table.jsv-map th.jsv-pos {{ color: {NEGATIVE}; font-weight: bold; }}
 .jsv .jsv-figure svg {{ max-width: 100%; height: auto; }}
 .jsv .jsv-legend {{ font-size: .8em; color: #555; }}
