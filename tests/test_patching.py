@@ -80,7 +80,12 @@ def test_activation_patching_equals_a_loop_of_single_patched_runs(model, sources
     ref = _reference(model, CLEAN, CORRUPT, sources, direction)
     for method in ("batched", "transformer_lens"):
         ap = patching.activation_patching(
-            model, CLEAN, CORRUPT, sources=sources, direction=direction, method=method,
+            model,
+            CLEAN,
+            CORRUPT,
+            sources=sources,
+            direction=direction,
+            method=method,
             batch_size=5,
         )
         assert ap.values.shape == ref.shape
@@ -109,7 +114,9 @@ def test_a_user_metric_is_used_as_given(model):
     with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", put)]), torch.no_grad():
         want = float(metric(model(xt)))
     assert float(ap.values[1, 3]) == pytest.approx(want, abs=1e-4)
-    assert ap.clean_value == pytest.approx(float(metric(_acts(model, ct, "hook_embed")[0])), abs=1e-4)
+    assert ap.clean_value == pytest.approx(
+        float(metric(_acts(model, ct, "hook_embed")[0])), abs=1e-4
+    )
 
 
 def _gradient_at(model, tokens, name, metric):
@@ -191,7 +198,7 @@ def test_compare_puts_every_map_on_the_same_cells(model):
     c = patching.compare(model, CLEAN, CORRUPT, sources="z", k=5)
     shapes = {name: tuple(m.shape) for name, m in c.maps.items()}
     assert len(set(shapes.values())) == 1, shapes
-    assert c.table.shape[0] == 6 and {"spearman", "top_5"} <= set(c.table.columns)
+    assert c.table.shape[0] == 9 and {"spearman", "top_5"} <= set(c.table.columns)
     html = c.view().render(__import__("jacobian_scopes.viz.page", fromlist=["Page"]).Page())
     assert html.count('<table class="jsv-map">') == 4 and "jsv-agree" in html
 

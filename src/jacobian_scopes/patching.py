@@ -36,7 +36,13 @@ from torch import Tensor
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
-from jacobian_scopes.inputs import Prompt, TargetLike, resolve_position, resolve_tokens, single_token
+from jacobian_scopes.inputs import (
+    Prompt,
+    TargetLike,
+    resolve_position,
+    resolve_tokens,
+    single_token,
+)
 from jacobian_scopes.probe import GradientProbe
 from jacobian_scopes.sources import SourcesLike, SourceSpec, arrange, resolve_sources
 from jacobian_scopes.stats import spearman
@@ -103,7 +109,9 @@ class PatchingResult:
             for layer in range(v.shape[0]):
                 for h in range(v.shape[1]):
                     for t in range(v.shape[2]):
-                        rows.append(self._row(self.source_labels[layer], t, float(v[layer, h, t]), h))
+                        rows.append(
+                            self._row(self.source_labels[layer], t, float(v[layer, h, t]), h)
+                        )
         else:
             for i, label in enumerate(self.source_labels):
                 for t in range(v.shape[-1]):
@@ -404,7 +412,9 @@ def activation_patching(
         raise ScopeInputError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScopeInputError(f"batch_size must be a positive int, got {batch_size!r}")
-    s = _prepare(model, clean, corrupt, metric, target, foil, sources, direction, position, prepend_bos)
+    s = _prepare(
+        model, clean, corrupt, metric, target, foil, sources, direction, position, prepend_bos
+    )
     params = {"direction": direction, "sources": sources, "batch_size": batch_size}
     if method == "transformer_lens":
         per_label = _tl_patch(model, s, sources)
@@ -516,7 +526,9 @@ def attribution_patching(
         >>> at.values.shape                                                   # doctest: +SKIP
         torch.Size([30, 9, 15])
     """
-    s = _prepare(model, clean, corrupt, metric, target, foil, sources, direction, position, prepend_bos)
+    s = _prepare(
+        model, clean, corrupt, metric, target, foil, sources, direction, position, prepend_bos
+    )
     probe = GradientProbe(model, sources=list(s.spec.labels))
     with frozen(model), model.hooks(fwd_hooks=probe.fwd_hooks):
         logits = model(s.base)
@@ -637,12 +649,25 @@ def compare(
     from jacobian_scopes.viz.maps import normalized
 
     ap = activation_patching(
-        model, clean, corrupt, target=target, foil=foil, sources=sources,
-        position=position, prepend_bos=prepend_bos, batch_size=batch_size,
+        model,
+        clean,
+        corrupt,
+        target=target,
+        foil=foil,
+        sources=sources,
+        position=position,
+        prepend_bos=prepend_bos,
+        batch_size=batch_size,
     )
     at = attribution_patching(
-        model, clean, corrupt, target=ap.target, foil=ap.foil, sources=sources,
-        position=position, prepend_bos=prepend_bos,
+        model,
+        clean,
+        corrupt,
+        target=ap.target,
+        foil=ap.foil,
+        sources=sources,
+        position=position,
+        prepend_bos=prepend_bos,
     )
     r = semantic_scope(
         model, ap.tokens, ap.target or "", foil=ap.foil, position=ap.position, sources=sources
@@ -655,21 +680,34 @@ def compare(
         "attribution patching": at.values,
         "activation patching": ap.values,
     }
-    signed = {"scope norm": False, "scope first_order": True,
-              "attribution patching": True, "activation patching": True}
+    signed = {
+        "scope norm": False,
+        "scope first_order": True,
+        "attribution patching": True,
+        "activation patching": True,
+    }
     keep = _comparable(ap)
     ref = ap.values[..., keep]
     rows = []
     for name, m in maps.items():
         if name == "activation patching":
             continue
-        rows.append({"map": name, "normalize": "none",
-                     **agreement(m[..., keep], ref, k=k, signed=signed[name])})
-    for how in ("row", "global", "log"):
-        shown = normalized(_rows2d(maps["scope norm"]), how, signed=False)
-        shown = shown.reshape(maps["scope norm"].shape)[..., keep]
-        rows.append({"map": "scope norm", "normalize": how,
-                     **agreement(shown, ref, k=k, signed=False)})
+        rows.append(
+            {
+                "map": name,
+                "normalize": "none",
+                **agreement(m[..., keep], ref, k=k, signed=signed[name]),
+            }
+        )
+    for name in ("scope norm", "scope first_order"):
+        for how in ("row", "global", "log"):
+            m = maps[name]
+            # The map as displayed: each cell's colour intensity (BOS left out of the scale).
+            shown = normalized(_rows2d(m), how, signed=signed[name], left_out=0 if ap.bos else None)
+            shown = shown.reshape(m.shape)[..., keep]
+            rows.append(
+                {"map": name, "normalize": how, **agreement(shown, ref, k=k, signed=signed[name])}
+            )
     import pandas as pd
 
     table = pd.DataFrame(rows).rename(columns={"top_k": f"top_{k}"})

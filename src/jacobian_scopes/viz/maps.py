@@ -23,7 +23,6 @@ from jacobian_scopes.viz.page import Page, View, escape_attr, escape_text
 from jacobian_scopes.viz.terminal import _BLUE, _MAGENTA, _mix, safe_text
 from jacobian_scopes.viz.tokens import describe, format_value, show_token
 
-
 NORMALIZE = ("row", "global", "log")
 # How many decades of magnitude the "log" scale shows before it reaches white.
 LOG_DECADES = 3.0
@@ -246,9 +245,7 @@ def _grid(result: ScopeResult, quantity: str) -> Tensor:
     if quantity == "scores":
         return _scores(result)
     if result.first_order is None:
-        raise ValueError(
-            "this result has no first_order terms (single-direction scopes have them)"
-        )
+        raise ValueError("this result has no first_order terms (single-direction scopes have them)")
     fo = result.first_order.detach().float().cpu()
     if not torch.isfinite(fo).all():
         raise ValueError("the result's first_order terms contain NaN or inf")
@@ -411,19 +408,31 @@ def patching_map(
         grid = values[:, :, 1:].sum(-1) if result.bos else values.sum(-1)
         rows = [f"L{i}" for i in range(grid.shape[0])]
         return MapView(
-            values=grid.tolist(), rows=rows, cols=[f"H{h}" for h in range(grid.shape[1])],
-            title=title or f"{what} · layer × head", meta="summed over positions",
-            col_kind="head", signed=True, normalize=normalize, label="metric",
+            values=grid.tolist(),
+            rows=rows,
+            cols=[f"H{h}" for h in range(grid.shape[1])],
+            title=title or f"{what} · layer × head",
+            meta="summed over positions",
+            col_kind="head",
+            signed=True,
+            normalize=normalize,
+            label="metric",
         )
     grid = values.sum(1) if per_head else values
-    rows = [short_label(s).split(" ")[0] if per_head else short_label(s)
-            for s in result.source_labels]
+    rows = [
+        short_label(s).split(" ")[0] if per_head else short_label(s) for s in result.source_labels
+    ]
     return MapView(
-        values=grid.tolist(), rows=rows, cols=list(result.str_tokens),
+        values=grid.tolist(),
+        rows=rows,
+        cols=list(result.str_tokens),
         title=title or f"{what} · layer × token",
         meta=("heads summed; " if per_head else "")
         + f"clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}",
-        bos=result.bos, positions=[result.position], signed=True, normalize=normalize,
+        bos=result.bos,
+        positions=[result.position],
+        signed=True,
+        normalize=normalize,
         label="metric" if result.kind == "activation" else "estimate",
     )
 
@@ -436,17 +445,28 @@ def _as_map(
         g = grid[:, :, 1:] if like.bos else grid
         g = g.sum(-1) if signed else g.pow(2).sum(-1).sqrt()
         return MapView(
-            values=g.tolist(), rows=[f"L{i}" for i in range(g.shape[0])],
-            cols=[f"H{h}" for h in range(g.shape[1])], title=title, col_kind="head",
-            signed=signed, normalize=normalize,
+            values=g.tolist(),
+            rows=[f"L{i}" for i in range(g.shape[0])],
+            cols=[f"H{h}" for h in range(g.shape[1])],
+            title=title,
+            col_kind="head",
+            signed=signed,
+            normalize=normalize,
         )
     if per_head:
         grid = grid.sum(1) if signed else grid.pow(2).sum(1).sqrt()
-    rows = [short_label(s).split(" ")[0] if per_head else short_label(s)
-            for s in like.source_labels]
+    rows = [
+        short_label(s).split(" ")[0] if per_head else short_label(s) for s in like.source_labels
+    ]
     return MapView(
-        values=grid.tolist(), rows=rows, cols=list(like.str_tokens), title=title,
-        bos=like.bos, positions=[like.position], signed=signed, normalize=normalize,
+        values=grid.tolist(),
+        rows=rows,
+        cols=list(like.str_tokens),
+        title=title,
+        bos=like.bos,
+        positions=[like.position],
+        signed=signed,
+        normalize=normalize,
     )
 
 
@@ -515,8 +535,12 @@ def comparison_view(
         patch = name.endswith("patching")
         views.append(
             _as_map(
-                grid, ap, name, signed=comparison.signed[name],
-                normalize="global" if patch else normalize, heads=heads and per_head,
+                grid,
+                ap,
+                name,
+                signed=comparison.signed[name],
+                normalize="global" if patch else normalize,
+                heads=heads and per_head,
             )
         )
     meta = (
