@@ -135,7 +135,9 @@ def test_beside_attention_weights_similarity_by_non_bos_mass(kind):
     view = js.beside_attention(model, r, layers=[0, 1])
     for row in view.head_rows:
         share = float(row.title.rsplit("BOS share ", 1)[1].rstrip("%")) / 100
-        cos, rest = row.meta.split("cosine with the scope ")[1].split(" × attention on these tokens ")
+        cos, rest = row.meta.split("cosine with the scope ")[1].split(
+            " × attention on these tokens "
+        )
         mass = float(rest.split("%")[0]) / 100
         assert mass == pytest.approx(1 - share, abs=0.011)
         weighted = float(row.meta.rsplit(" ", 1)[1])

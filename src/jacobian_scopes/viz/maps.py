@@ -177,7 +177,7 @@ class MapView(View):
                 cells.append(f'<td style="{style}" title="{escape_attr(what)}"></td>')
             note = ""
             if self.normalize == "row":
-                note = f'<td class="jsv-rowmax">{escape_text(format_value(scales[i]))}</td>'
+                note = f'<td class="jsv-rowmax">{scales[i]:.3g}</td>'
             body.append(f"<tr><th>{escape_text(label)}</th>{''.join(cells)}{note}</tr>")
         parts = ['<div class="jsv-mapview">']
         if self.title:

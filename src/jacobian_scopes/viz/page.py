@@ -108,6 +108,8 @@ class Page:
 
     prefix: str = field(default_factory=lambda: "jsv-" + uuid.uuid4().hex[:8])
     widgets: list[Widget] = field(default_factory=list)
+    # False where an earlier output of the same notebook already carries the bundle.
+    include_bundle: bool = True
 
     def widget(self, component: str, props: dict[str, Any]) -> str:
         _check_finite(props)
@@ -125,6 +127,16 @@ class Page:
             f"{script_json(w.props)}); }} catch (e) {{ console.error(e); }}"
             for w in self.widgets
         )
+        if not self.include_bundle:
+            # The bundle came with an earlier output. If that output is gone from the page
+            # (cleared, or the notebook reopened untrusted), say so where the widget would be.
+            ids = script_json([w.id for w in self.widgets])
+            return (
+                "<script>\nif (typeof window.CircuitsVis === 'undefined') {\n"
+                f"  for (const id of {ids}) {{ const el = document.getElementById(id);\n"
+                f"    if (el) el.textContent = {script_json(MISSING_BUNDLE)}; }}\n"
+                "} else {\n" + calls + "\n}\n</script>"
+            )
         # The bundle defines CircuitsVis (and registers TensorFlow.js kernels) when it
         # runs, so it must run once per document even where a notebook shows several
         # outputs: it is wrapped in a function (its "use strict" directive still applies)
@@ -136,6 +148,13 @@ class Page:
             + calls
             + "\n</script>"
         )
+
+
+MISSING_BUNDLE = (
+    "[This view needs the CircuitsVis script, which came with an earlier output of this "
+    "notebook that is no longer on the page. Run jacobian_scopes.viz.report.resend_bundle() "
+    "and re-run this cell.]"
+)
 
 
 def _check_finite(value: Any) -> None:
