@@ -78,6 +78,11 @@ def main() -> None:
     ap.add_argument("--out", default="reports/bench_patching")
     ap.add_argument("--tl-z-layers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="resid_pre only: no z maps, no TransformerLens reference timings",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def main() -> None:
     bs = args.batch_size
 
     for i, pair in enumerate(PAIRS):
-        row, tabs = measure_pair(model, pair, i == 0, bs, args.tl_z_layers)
+        row, tabs = measure_pair(model, pair, i == 0 and not args.quick, bs, args.tl_z_layers)
         tables.extend(tabs)
         timings.append(row)
         print(row, flush=True)
