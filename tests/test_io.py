@@ -143,7 +143,18 @@ def test_dataframe_and_csv_export(kind, tmp_path):
     rs = js.semantic_scope(model, [helpers.tokens(4), helpers.tokens(6, seed=3)], 11)
     path = rs[0].to_csv(tmp_path / "one.csv")
     one = pd.read_csv(path)
-    assert list(one.columns) == ["index", "token", "token_id", "score"]
+    assert list(one.columns) == [
+        "prompt",
+        "scope",
+        "target",
+        "foil",
+        "position",
+        "index",
+        "token",
+        "token_id",
+        "score",
+    ]
+    assert set(one.scope) == {"semantic"} and set(one.position) == {rs[0].position}
     assert one.score.tolist() == pytest.approx(rs[0].scores.tolist())
     table = io.to_dataframe(rs)
     assert len(table) == 10 and table.result.tolist() == [0] * 4 + [1] * 6

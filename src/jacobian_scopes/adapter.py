@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.text import merge_byte_pieces
 
 EMBED_HOOK = "hook_embed"
 
@@ -182,8 +183,15 @@ class ModelAdapter:
     def to_str_tokens(self, tokens: Int[Tensor, " pos"]) -> list[str]:
         if not self.has_tokenizer:
             return [f"<{int(t)}>" for t in tokens]
-        out = self.model.to_str_tokens(tokens)
-        return [str(s) for s in out]
+        out = [str(s) for s in self.model.to_str_tokens(tokens)]
+        ids = [int(t) for t in tokens.reshape(-1)]
+        tok = self.model.tokenizer
+
+        def decode(group: list[int]) -> str:
+            return str(tok.decode(group, clean_up_tokenization_spaces=False))
+
+        # Byte-level BPE splits some characters over tokens (each alone decodes to U+FFFD).
+        return merge_byte_pieces(out, ids, decode)
 
     # ------------------------------------------------------------ hook names
     @property

@@ -697,7 +697,8 @@ def to_dataframe(results: Any) -> Any:
         if not isinstance(r, (ScopeResult, GenerationResult)):
             raise TypeError(f"expected results, got {type(r).__name__} at index {i}")
         df = r.to_dataframe()
-        df.insert(0, "scope", r.scope)
+        if "scope" not in df.columns:
+            df.insert(0, "scope", r.scope)
         df.insert(0, "result", i)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

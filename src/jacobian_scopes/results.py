@@ -151,14 +151,34 @@ class ScopeResult:
         ]
 
     def to_dataframe(self) -> Any:
-        """One row per token (and per source when there are several), as a pandas DataFrame."""
+        """One row per token (and per source when there are several), as a pandas DataFrame.
+
+        Each row also names what was explained: ``prompt`` (the text, BOS left out),
+        ``scope``, ``target``, ``foil`` and the explained ``position``. Token text has its
+        bidirectional controls written as visible ``\\uXXXX`` escapes.
+        """
         import pandas as pd
+
+        from jacobian_scopes.text import visible_text
 
         rows = []
         scores = self.scores.reshape(-1, self.n_tokens) if self.scores.dim() > 1 else None
         labels = self.source_labels or [""]
+        t0 = self.target
+        about = {
+            "prompt": visible_text("".join(self.str_tokens[1 if self.bos else 0 :])),
+            "scope": self.scope,
+            "target": None if t0 is None else visible_text("".join(t0.tokens)),
+            "foil": None if t0 is None or t0.foil is None else visible_text(t0.foil),
+            "position": self.position,
+        }
         for t in range(self.n_tokens):
-            base = {"index": t, "token": self.str_tokens[t], "token_id": int(self.tokens[t])}
+            base = {
+                **about,
+                "index": t,
+                "token": visible_text(self.str_tokens[t]),
+                "token_id": int(self.tokens[t]),
+            }
             if scores is None:
                 rows.append({**base, "score": float(self.scores[t])})
             else:

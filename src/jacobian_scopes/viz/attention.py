@@ -24,25 +24,28 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.text import visible_text
 from jacobian_scopes.threads import ThreadGate
 from jacobian_scopes.viz.page import Page, View, escape_text
 from jacobian_scopes.viz.tokens import TokenView, show_token, token_view
 
 # AttentionHeads draws token text both as HTML (its token buttons) and on a canvas (axis
-# labels, tooltips), so no HTML escaping reads right in both places: characters that
-# could form markup are shown as their full-width look-alikes instead.
-_LOOKALIKE = str.maketrans({"<": "＜", ">": "＞", "&": "＆"})
+# labels, tooltips), so no HTML escaping reads right in both places. A zero-width space
+# after "<" and "&" keeps them from starting a tag, a comment or a character reference
+# (HTML needs a letter, "/" or "!" right after "<", and a name right after "&"), while both
+# renderings still show the plain characters, with no look-alike glyph that needs a font.
+_INERT = str.maketrans({"<": "<\u200b", "&": "&\u200b"})
 
 
 def inert_label(token: str) -> str:
-    """Token text that is inert both as HTML and as canvas text.
+    """Token text that is inert both as HTML and as canvas text, shown as written.
 
     Example:
         >>> from jacobian_scopes.viz.attention import inert_label
-        >>> inert_label("<bos>")
-        '＜bos＞'
+        >>> inert_label("<bos>") == "<\u200bbos>"
+        True
     """
-    return token.translate(_LOOKALIKE)
+    return visible_text(token).translate(_INERT)
 
 
 @dataclass
@@ -95,6 +98,7 @@ def beside_attention(
     heads: HeadsLike = None,
     k: int = 6,
     include_bos: bool = False,
+    shared_scale: bool = True,
 ) -> AttentionView:
     """The scope's token colouring next to CircuitsVis attention heads on the same tokens.
 
@@ -104,9 +108,13 @@ def beside_attention(
         layers: layer(s) to show; with ``heads=None`` every head of these layers.
         heads: head index(es) within ``layers``, or explicit ``(layer, head)`` pairs.
         k: with neither ``layers`` nor ``heads``, the ``k`` heads whose attention row at the
-            explained position looks most like the scope (cosine similarity over the
-            tokens, BOS left out unless ``include_bos``).
+            explained position looks most like the scope: the cosine similarity over the
+            tokens (BOS left out unless ``include_bos``) weighted by the attention mass
+            the head puts on those tokens, so that a head that parks 94% of its attention
+            on BOS cannot rank high on the shape of its last 6%.
         include_bos: put the BOS token in the colour scales and the similarity.
+        shared_scale: draw every head's row on one attention scale (default), so that a
+            row of 2% attention looks faint; False gives each row its own 0…max scale.
 
     Example:
         >>> import jacobian_scopes as js
@@ -131,25 +139,31 @@ def beside_attention(
     keep = torch.ones(result.n_tokens, dtype=torch.bool)
     if result.bos and not include_bos:
         keep[0] = False
-    similarity = {
-        (layer, h): _cosine(patterns[layer][h, p][keep], scores[keep]) for layer, h in pairs
-    }
+    cosine = {(layer, h): _cosine(patterns[layer][h, p][keep], scores[keep]) for layer, h in pairs}
+    mass = {(layer, h): float(patterns[layer][h, p][keep].sum()) for layer, h in pairs}
+    similarity = {lh: cosine[lh] * mass[lh] for lh in pairs}
     if auto:
         pairs = sorted(pairs, key=lambda lh: -similarity[lh])[:k]
     scope_row = token_view(result, include_bos=include_bos)
+    top = max((float(patterns[lay][h, p][keep].max()) for lay, h in pairs), default=0.0)
     rows = []
     for layer, h in pairs:
+        row = patterns[layer][h, p]
+        bos_share = f" · BOS share {float(row[0]):.0%}" if result.bos else ""
         rows.append(
             TokenView(
                 tokens=list(result.str_tokens),
-                values=patterns[layer][h, p].tolist(),
+                values=row.tolist(),
                 title=f"L{layer}H{h}: attention from position {p} "
-                f"({show_token(result.str_tokens[p])})",
-                meta=f"cosine similarity with the scope: {similarity[(layer, h)]:.2f}",
+                f"({show_token(result.str_tokens[p])}){bos_share}",
+                meta=f"cosine with the scope {cosine[(layer, h)]:.2f} × attention on these "
+                f"tokens {mass[(layer, h)]:.0%} = weighted similarity "
+                f"{similarity[(layer, h)]:.3f}",
                 label="attention",
                 bos=result.bos,
                 include_bos=include_bos,
                 positions=[p],
+                scale_max=(top if top > 0 else 1.0) if shared_scale else None,
             )
         )
     how = "most similar to the scope" if auto else "chosen"

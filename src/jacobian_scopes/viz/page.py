@@ -110,6 +110,8 @@ class Page:
 
     prefix: str = field(default_factory=lambda: "jsv-" + uuid.uuid4().hex[:8])
     widgets: list[Widget] = field(default_factory=list)
+    # False where an earlier output of the same notebook already carries the bundle.
+    include_bundle: bool = True
 
     def widget(self, component: str, props: dict[str, Any]) -> str:
         _check_finite(props)
@@ -127,6 +129,16 @@ class Page:
             f"{script_json(w.props)}); }} catch (e) {{ console.error(e); }}"
             for w in self.widgets
         )
+        if not self.include_bundle:
+            # The bundle came with an earlier output. If that output is gone from the page
+            # (cleared, or the notebook reopened untrusted), say so where the widget would be.
+            ids = script_json([w.id for w in self.widgets])
+            return (
+                "<script>\nif (typeof window.CircuitsVis === 'undefined') {\n"
+                f"  for (const id of {ids}) {{ const el = document.getElementById(id);\n"
+                f"    if (el) el.textContent = {script_json(MISSING_BUNDLE)}; }}\n"
+                "} else {\n" + calls + "\n}\n</script>"
+            )
         # The bundle defines CircuitsVis (and registers TensorFlow.js kernels) when it
         # runs, so it must run once per document even where a notebook shows several
         # outputs: it is wrapped in a function (its "use strict" directive still applies)
@@ -138,6 +150,13 @@ class Page:
             + calls
             + "\n</script>"
         )
+
+
+MISSING_BUNDLE = (
+    "[This view needs the CircuitsVis script, which came with an earlier output of this "
+    "notebook that is no longer on the page. Run jacobian_scopes.viz.report.resend_bundle() "
+    "and re-run this cell.]"
+)
 
 
 def _check_finite(value: Any) -> None:
@@ -180,6 +199,13 @@ CSS = f"""
 .jsv table.jsv-map thead th {{ writing-mode: vertical-rl; transform: rotate(180deg);
   text-align: left; vertical-align: bottom; max-height: 9em; overflow: hidden; }}
 .jsv table.jsv-map tbody th {{ text-align: right; }}
+.jsv table.jsv-map .jsv-rowmax {{ width: auto; border: 0; color: #888; font-size: 9px;
+  text-align: left; padding-left: 4px; }}
+.jsv table.jsv-map thead th.jsv-rowmax {{ writing-mode: horizontal-tb; transform: none;
+  vertical-align: bottom; }}
+.jsv .jsv-side {{ display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }}
+.jsv table.jsv-agree {{ border-collapse: collapse; font-size: 12px; margin: .4em 0; }}
+.jsv table.jsv-agree td, .jsv table.jsv-agree th {{ border: 1px solid #ddd; padding: 2px 8px; }}
 .jsv table.jsv-map th.jsv-pos {{ color: {NEGATIVE}; font-weight: bold; }}
 .jsv .jsv-figure svg {{ max-width: 100%; height: auto; }}
 .jsv .jsv-legend {{ font-size: .8em; color: #555; }}

@@ -1,8 +1,10 @@
 """Static figures with matplotlib: token bars, layer maps, and the time-series view.
 
-Figures are built with ``matplotlib.figure.Figure`` directly (not pyplot), so nothing
-depends on, or changes, the user's backend or global figure list; Jupyter still shows a
-returned figure, and ``fig.savefig("x.png" | "x.svg" | "x.pdf")`` writes any format.
+Outside a notebook, figures are built with ``matplotlib.figure.Figure`` directly (not
+pyplot), so nothing depends on, or changes, the user's backend or global figure list.
+Inside a notebook they are pyplot figures, so they behave like ``plt.subplots()``:
+``fig = r.plot()`` shows the figure at the end of the cell. ``fig.savefig("x.png" | "x.svg"
+| "x.pdf")`` writes any format.
 
 Token text is drawn literally: ``$`` would start matplotlib's mathtext, so it is escaped.
 """
@@ -16,16 +18,17 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
 from jacobian_scopes.results import ScopeResult
-from jacobian_scopes.viz.maps import layer_head_map, layer_token_map
+from jacobian_scopes.viz.maps import MapView, maps
 from jacobian_scopes.viz.page import NEGATIVE, POSITIVE
 from jacobian_scopes.viz.terminal import safe_text
 from jacobian_scopes.viz.tokens import describe, show_token, target_text
 
 _CMAP = "Blues"
+_DIVERGING = LinearSegmentedColormap.from_list("jsv_signed", [NEGATIVE, "#ffffff", POSITIVE])
 
 
 def mpl_text(text: str) -> str:
@@ -53,8 +56,11 @@ def plot_result(
     include_bos: bool = False,
     ax: Axes | None = None,
     figsize: tuple[float, float] | None = None,
+    normalize: str = "row",
+    first_order: bool = False,
 ) -> Figure:
-    """A result as a figure: one bar per token, or layer maps for drill-down results.
+    """A result as a figure: one bar per token, or layer maps for drill-down results
+    (``normalize`` and ``first_order`` as in :func:`jacobian_scopes.viz.maps.maps`).
 
     The BOS bar is hatched and left out of the axis range by default (its value is written
     on it); the explained position's bar is outlined and the target is named after it.
@@ -71,7 +77,13 @@ def plot_result(
     if result.scores.dim() > 1:
         if ax is not None:
             raise ValueError("layer maps draw their own axes; leave ax unset")
-        return _plot_maps(result, include_bos=include_bos, figsize=figsize)
+        return _plot_maps(
+            result,
+            include_bos=include_bos,
+            figsize=figsize,
+            normalize=normalize,
+            first_order=first_order,
+        )
     fig, ax = _figure_and_axes(ax, figsize or (max(6.0, 0.32 * result.n_tokens + 2), 3.6))
     values = result.scores.detach().float().cpu().numpy()
     n = len(values)
@@ -116,34 +128,51 @@ def plot_result(
 
 
 def _plot_maps(
-    result: ScopeResult, *, include_bos: bool, figsize: tuple[float, float] | None
+    result: ScopeResult,
+    *,
+    include_bos: bool,
+    figsize: tuple[float, float] | None,
+    normalize: str = "row",
+    first_order: bool = False,
 ) -> Figure:
-    views = [layer_token_map(result, include_bos=include_bos)]
-    if result.score_axes == ("layer", "head", "token"):
-        views.insert(0, layer_head_map(result, include_bos=include_bos))
+    views = maps(result, include_bos=include_bos, normalize=normalize, first_order=first_order)
     n_rows = len(views[-1].rows)
     width = max(6.0, 0.3 * result.n_tokens + 2.5)
-    fig = Figure(figsize=figsize or (width, (0.22 * n_rows + 1.8) * len(views)))
+    fig = new_figure(figsize or (width, (0.22 * n_rows + 1.8) * len(views)))
     axes = fig.subplots(len(views), 1, squeeze=False)[:, 0]
     for ax, view in zip(axes, views, strict=True):
-        grid = np.asarray(view.values, dtype=float)
-        shown = grid.copy()
-        if view.left_out is not None:
-            shown[:, view.left_out] = np.nan  # drawn blank, out of the colour range
-        vmax = view.scale
-        # pcolormesh draws vector quads: SVG and PDF exports stay sharp and embed no image.
-        mesh = ax.pcolormesh(shown, cmap=_CMAP, norm=Normalize(0, vmax), edgecolors="white")
-        ax.invert_yaxis()
-        ax.set_yticks(np.arange(len(view.rows)) + 0.5)
-        ax.set_yticklabels([mpl_text(r) for r in view.rows], fontsize=7)
-        ax.set_xticks(np.arange(len(view.cols)) + 0.5)
-        ax.set_xticklabels([tick_label(c) for c in view.cols], rotation=90, fontsize=7)
-        for p in view.positions:
-            ax.get_xticklabels()[p].set_color(NEGATIVE)
-        ax.set_title(mpl_text(view.title or ""), fontsize=9)
-        fig.colorbar(mesh, ax=ax, fraction=0.025, pad=0.01)
+        draw_map(fig, ax, view)
     fig.tight_layout()
     return fig
+
+
+def draw_map(fig: Figure, ax: Axes, view: MapView) -> None:
+    """One map on ``ax``: the raw values on one scale (``normalize="global"``) or the colour
+    intensities of the view's scale (``"row"``, ``"log"``), diverging when signed."""
+    if view.normalize == "global":
+        grid = np.asarray(view.values, dtype=float)
+        m = view.scale
+        norm = Normalize(-m, m) if view.signed else Normalize(0, m)
+        label = view.label
+    else:
+        grid = np.asarray(view.intensities(), dtype=float)
+        norm = Normalize(-1, 1) if view.signed else Normalize(0, 1)
+        label = "share of the row's largest magnitude" if view.normalize == "row" else "log scale"
+    if view.left_out is not None:
+        grid[:, view.left_out] = np.nan  # drawn blank, out of the colour range
+    cmap = _DIVERGING if view.signed else colormaps[_CMAP]
+    # pcolormesh draws vector quads: SVG and PDF exports stay sharp and embed no image.
+    mesh = ax.pcolormesh(grid, cmap=cmap, norm=norm, edgecolors="white")
+    ax.invert_yaxis()
+    ax.set_yticks(np.arange(len(view.rows)) + 0.5)
+    ax.set_yticklabels([mpl_text(r) for r in view.rows], fontsize=7)
+    ax.set_xticks(np.arange(len(view.cols)) + 0.5)
+    ax.set_xticklabels([tick_label(c) for c in view.cols], rotation=90, fontsize=7)
+    for p in view.positions:
+        ax.get_xticklabels()[p].set_color(NEGATIVE)
+    ax.set_title(mpl_text(view.title or ""), fontsize=9)
+    bar = fig.colorbar(mesh, ax=ax, fraction=0.025, pad=0.01)
+    bar.set_label(label, fontsize=7)
 
 
 # ---------------------------------------------------------------------- time series
@@ -242,7 +271,7 @@ def plot_series(
     x = np.arange(n)
     infl = np.asarray(s.influence)
     top = float(infl.max()) if infl.max() > 0 else 1.0
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize)
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     ax.plot(x, s.values, color="#999", linewidth=1, zorder=1)
     points = ax.scatter(
@@ -285,5 +314,17 @@ def plot_series(
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Any, Axes]:
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize)
     return fig, fig.subplots()
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A pyplot figure in a notebook (displayed at the end of the cell, as pyplot's are),
+    a bare ``Figure`` elsewhere (no global state, no backend needed)."""
+    from jacobian_scopes.viz.report import in_notebook
+
+    if in_notebook():
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize)
+    return Figure(figsize=figsize)

@@ -184,11 +184,39 @@ def save_html(path: str | os.PathLike[str], *views: Any, title: str | None = Non
     return path
 
 
+# Whether this kernel has already sent the CircuitsVis bundle with an output (the module
+# lives as long as the kernel process, so a restarted kernel sends it again).
+_bundle_sent = False
+
+
 def notebook_html(view: Any) -> str:
-    """HTML for one notebook output: its own styles, markup, the bundle and render calls."""
-    page = Page()
+    """HTML for one notebook output: its own styles, markup and render calls.
+
+    Inside a notebook kernel, the 1.3 MB CircuitsVis bundle goes with the first output
+    that has a widget, and later outputs use it from the page (as plotly's notebook mode
+    does): ten views weigh about as much as one. Saved notebooks and their ``nbconvert``
+    HTML keep that first output, so every view still renders there. Outside a kernel
+    every output carries the bundle. :func:`resend_bundle` makes the next output carry it
+    again (after clearing the output that had it).
+    """
+    global _bundle_sent
+    kernel = in_notebook()
+    page = Page(include_bundle=not (kernel and _bundle_sent))
     body = as_view(view).render(page)
-    return f'<div class="jsv"><style>{CSS}</style>\n{body}\n{page.scripts()}</div>'
+    scripts = page.scripts()
+    if kernel and page.widgets and page.include_bundle:
+        _bundle_sent = True
+    return f'<div class="jsv"><style>{CSS}</style>\n{body}\n{scripts}</div>'
+
+
+def resend_bundle() -> None:
+    """Make the next notebook output carry the CircuitsVis bundle again.
+
+    Example:
+        >>> resend_bundle()
+    """
+    global _bundle_sent
+    _bundle_sent = False
 
 
 def widgets(*views: Any) -> list[tuple[str, dict[str, Any]]]:

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.text import BIDI_CONTROLS
 
 if TYPE_CHECKING:
     from jacobian_scopes.viz.tokens import TokenView
@@ -23,7 +24,8 @@ _MAGENTA = (216, 27, 96)
 
 
 def safe_text(token: str) -> str:
-    """Token text with line breaks, tabs and control characters made visible.
+    """Token text with line breaks, tabs, control characters and bidirectional controls
+    made visible.
 
     Example:
         >>> from jacobian_scopes.viz.terminal import safe_text
@@ -38,6 +40,8 @@ def safe_text(token: str) -> str:
             out.append("⇥")
         elif ord(ch) < 32 or 127 <= ord(ch) < 160:
             out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) in BIDI_CONTROLS:
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return "".join(out)

@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.text import visible_text
 from jacobian_scopes.viz.page import NEGATIVE, POSITIVE, Page, View, escape_text
 
 SCOPE_NAMES = {
@@ -42,7 +43,7 @@ def format_value(x: float) -> str:
 
 def show_token(token: str) -> str:
     """A token as readable text: quoted, with line breaks and tabs made visible."""
-    return "'" + token.replace("\n", "↵").replace("\t", "⇥") + "'"
+    return "'" + visible_text(token).replace("\n", "↵").replace("\t", "⇥") + "'"
 
 
 def ranks(values: Sequence[float], in_scale: Sequence[bool], signed: bool) -> list[int | None]:
@@ -117,12 +118,16 @@ class TokenView(View):
         out = []
         for i, (tok, v) in enumerate(zip(self.tokens, self.values, strict=True)):
             # A visible mark for line breaks; the "\n" itself makes CircuitsVis break the line.
-            text = escape_text(tok.replace("\n", "↵\n"))
+            text = escape_text(visible_text(tok).replace("\n", "↵\n"))
             if rank[i] is None:
                 where = "BOS (attention sink), left out of the colour scale"
             else:
                 where = f"rank {rank[i]} of {n}"
             tip = f"#{i} {show_token(tok)} · {self.label} {format_value(v)} · {where}"
+            if tok == "" and i + 1 < len(self.tokens):
+                # An empty piece is the first byte(s) of a character that a later token
+                # completes (see jacobian_scopes.text.merge_byte_pieces).
+                tip += " · byte piece of the character shown on the next token"
             if i == 0 and self.bos:
                 text = f"<js-bos>{text}</js-bos>"
             if i in self.continuation:
@@ -279,9 +284,24 @@ def describe(result: ScopeResult) -> str:
     return name
 
 
+def intermediate_hook(result: ScopeResult) -> str | None:
+    """The hook of a direction explained inside the network (not at the unembedding)."""
+    at = result.params.get("at") if result.scope == "direction" else None
+    if at is None or str(at).startswith(("unembed", "ln_final")):
+        return None
+    return str(at)
+
+
 def context(result: ScopeResult) -> str:
     p = result.position
     tok = result.str_tokens[p] if 0 <= p < len(result.str_tokens) else "?"
+    at = intermediate_hook(result)
+    if at is not None:
+        # A direction inside the network explains that activation, not a prediction.
+        return (
+            f"explains the direction at {at}, position {p} ({show_token(tok)}) · "
+            f"{result.model_name}"
+        )
     parts = [f"explains the prediction after position {p} ({show_token(tok)})"]
     if result.top_predictions:
         best = result.top_predictions[0]
@@ -299,7 +319,7 @@ def target_text(result: ScopeResult) -> tuple[str | None, bool]:
         if t.foil is not None:
             text += " − " + t.foil
         return text, False
-    if result.top_predictions:
+    if result.top_predictions and intermediate_hook(result) is None:
         return result.top_predictions[0].token, True
     return None, False
 

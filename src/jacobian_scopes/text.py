@@ -1,0 +1,72 @@
+"""Token text as the user wrote it, and shown so that it cannot pretend to be other text.
+
+* :func:`merge_byte_pieces`: byte-level BPE tokenizers (GPT-2, Llama 3, SmolLM2) split a
+  character of several UTF-8 bytes over tokens ("über" → a piece with the first byte of
+  "ü", then a piece with the second byte and "ber"); decoded one by one, each piece shows
+  U+FFFD. The character is given to the token that completes it, the pieces before it
+  become empty strings, so that the tokens still join to the decoded text.
+* :func:`visible_text`: bidirectional controls (U+202A–U+202E, U+2066–U+2069, U+200E/F,
+  U+061C) would make ``abc\\u202egnp.exe`` display as ``abcexe.png``; they are written as
+  visible ``\\u202e`` escapes instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C])
+_REPLACEMENT = "\ufffd"
+# A UTF-8 character has at most four bytes, so it spans at most four byte-level tokens.
+_MAX_PIECES = 4
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every bidirectional control written as a visible ``\\uXXXX`` escape.
+
+    Example:
+        >>> from jacobian_scopes.text import visible_text
+        >>> visible_text("abc\\u202egnp.exe")
+        'abc\\\\u202egnp.exe'
+    """
+    if not any(ord(ch) in BIDI_CONTROLS for ch in text):
+        return text
+    return "".join(f"\\u{ord(ch):04x}" if ord(ch) in BIDI_CONTROLS else ch for ch in text)
+
+
+def merge_byte_pieces(
+    pieces: Sequence[str], ids: Sequence[int], decode: Callable[[list[int]], str]
+) -> list[str]:
+    """Token strings with multi-byte characters shown once, on the token that completes them.
+
+    ``pieces`` are the tokens decoded one by one (as ``model.to_str_tokens`` gives them),
+    ``decode`` decodes a list of ids together. Tokens without U+FFFD are kept as they are;
+    a run of tokens whose pieces end in U+FFFD is decoded together, the text given to the
+    run's last token and the others left empty. Input that is not valid UTF-8 keeps its
+    U+FFFD (after four pieces, or at the end of the prompt).
+
+    Example:
+        >>> from jacobian_scopes.text import merge_byte_pieces
+        >>> byte = {0: "\\ufffd", 1: "\\ufffdber"}
+        >>> merge_byte_pieces(["\\ufffd", "\\ufffdber"], [0, 1],
+        ...                   lambda ids: "über" if ids == [0, 1] else byte[ids[0]])
+        ['', 'über']
+    """
+    out = list(pieces)
+    n = len(out)
+    i = 0
+    while i < n:
+        if _REPLACEMENT not in out[i]:
+            i += 1
+            continue
+        done = False
+        for j in range(i, min(n, i + _MAX_PIECES)):
+            text = decode([int(t) for t in ids[i : j + 1]])
+            if _REPLACEMENT not in text:
+                out[i:j] = [""] * (j - i)
+                out[j] = text
+                i = j + 1
+                done = True
+                break
+        if not done:
+            i += 1
+    return out
