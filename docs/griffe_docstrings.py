@@ -22,9 +22,19 @@ def _short(match: re.Match[str]) -> str:
     return f"`{name.rsplit('.', 1)[-1] if match.group(0).count('~') else name}`"
 
 
-class ReadDocstrings(griffe.Extension):
-    def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is None:
-            return
+def _read(obj: griffe.Object) -> None:
+    if obj.docstring is not None:
         text = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
         obj.docstring.value = _ROLE.sub(_short, text)
+
+
+class ReadDocstrings(griffe.Extension):
+    def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        _read(obj)
+
+    # Modules and packages (their own docstrings) come through these hooks.
+    def on_module(self, *, mod: griffe.Module, **kwargs: Any) -> None:
+        _read(mod)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        _read(pkg)
