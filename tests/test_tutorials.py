@@ -58,7 +58,9 @@ def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("JUPYTER_PATH", str(_kernel_path(tmp_path)))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     # Progress bars would fill the executed copies (the docs pages) with stderr noise.
+    # tqdm.auto warns at import that ipywidgets is missing, with a path of this machine.
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore:IProgress not found")
     # The notebooks' own files (reports/...) land beside the executed copies.
     BUILD.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(path, as_version=4)
