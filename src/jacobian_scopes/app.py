@@ -30,6 +30,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -156,6 +157,8 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
 
     # Gradio recognises a progress tracker by a default value of this type.
     tracker = gr.Progress()
+    # Set by Cancel; runs are one at a time (concurrency_limit=1), so one flag serves.
+    cancelled = threading.Event()
 
     def on_prompt(prompt: str) -> tuple[Any, ...]:
         try:
@@ -243,17 +246,24 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
     ) -> Iterator[tuple[Any, ...]]:
         skip = (gr.skip(),) * 5
         started = time.perf_counter()
+        cancelled.clear()
         try:
             req = request_from(prompt, scope_label, position, target, labels, foil, mode, method)
             views: Views | None = None
             for text, done in compute(
                 ex, req, layers=layers, attention=attention, progress=progress
             ):
+                # A library call already running when Cancel was pressed still returns here:
+                # it must not overwrite "cancelled" with its own progress or results.
+                if cancelled.is_set():
+                    return
                 if done is None:
                     yield (status(f"running: {text} …"), *skip)
                 views = done
         except USER_ERRORS as exc:
             yield (status(str(exc), error=True), *skip)
+            return
+        if cancelled.is_set():
             return
         assert views is not None
         json_path, html_path = _downloads(views)
@@ -398,7 +408,12 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
             concurrency_limit=1,
             **private,
         )
-        stop.click(lambda: status("cancelled"), None, note, cancels=[running], **private)
+
+        def on_cancel() -> Any:
+            cancelled.set()
+            return status("cancelled")
+
+        stop.click(on_cancel, None, note, cancels=[running], **private)
         gr.api(attribute, api_name="attribute")
     app.explorer = ex  # for tests and notebooks: the same lock and caps
     return app

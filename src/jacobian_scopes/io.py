@@ -685,8 +685,9 @@ def to_dataframe(results: Any) -> Any:
         >>> model = js.load_default_model()
         >>> rs = js.semantic_scope(model, ["The capital of France is", "1, 2, 3,"])
         >>> to_dataframe(rs).to_csv("scores.csv")
-        >>> list(to_dataframe(rs).columns)
-        ['result', 'scope', 'index', 'token', 'token_id', 'score']
+        >>> list(to_dataframe(rs).columns)  # doctest: +NORMALIZE_WHITESPACE
+        ['result', 'prompt', 'scope', 'target', 'foil', 'position',
+         'index', 'token', 'token_id', 'score']
     """
     import pandas as pd
 

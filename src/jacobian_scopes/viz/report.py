@@ -213,6 +213,7 @@ def resend_bundle() -> None:
     """Make the next notebook output carry the CircuitsVis bundle again.
 
     Example:
+        >>> from jacobian_scopes.viz.report import resend_bundle
         >>> resend_bundle()
     """
     global _bundle_sent
