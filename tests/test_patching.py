@@ -13,7 +13,7 @@ from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import model_fingerprint
 
 CLEAN = "w5 w6 w7 w8 w9 w10"
-CORRUPT = "w5 w11 w7 w8 w12 w10"
+CORRUPT = "w5 w11 w14 w8 w12 w10"  # top prediction differs from CLEAN on both classes
 
 
 @pytest.fixture
