@@ -230,7 +230,13 @@ def _no_forward(model):
 TP = "blocks.0.attn.hook_pattern"
 REFUSED_BEFORE_ANY_FORWARD = {
     "a source after the explained activation": (
-        lambda m: js.semantic_scope(m, "w1 w2", 11, sources="unembed.hook_out"),
+        lambda m: js.scope(
+            m,
+            "w1 w2",
+            torch.ones(helpers.D_MODEL),
+            at="blocks.0.hook_resid_post",
+            sources=["blocks.1.hook_resid_pre"],
+        ),
         "comes after the explained",
     ),
     "an explained attention pattern": (
@@ -287,4 +293,14 @@ def test_any_integer_type_is_a_position(model):
         assert torch.equal(js.semantic_scope(model, "w1 w2 w3", 11, position=position).scores, want)
     fails(
         model, "position must be an int", lambda: js.semantic_scope(model, "w1", 11, position=1.0)
+    )
+
+
+def test_the_logits_hook_is_refused_as_a_source_where_the_model_has_one(model):
+    if "unembed.hook_out" not in model.hook_dict:
+        pytest.skip("this model class has no hook on the logits")
+    fails(
+        model,
+        "comes after the explained",
+        lambda: js.semantic_scope(model, "w1 w2", 11, sources="unembed.hook_out"),
     )
