@@ -440,7 +440,7 @@ def fisher_scope_batch(
     method: str = "sketch",
     eps: float = 1e-3,
     rank: int | None = None,
-    n_probes: int = 8,
+    n_probes: int = 1,
     decompose: bool = False,
     seed: int | None = 0,
     vjp_batch_size: int | None = None,

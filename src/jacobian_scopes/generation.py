@@ -293,7 +293,7 @@ def generate_scope(
     method: str = "sketch",
     eps: float = 1e-3,
     rank: int | None = None,
-    n_probes: int = 8,
+    n_probes: int = 1,
     fisher_seed: int | None = 0,
     prepend_bos: bool | None = None,
     checkpoint: bool | None = None,

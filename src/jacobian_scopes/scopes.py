@@ -405,7 +405,7 @@ class FisherOptions:
     method: str = "sketch"
     eps: float = 1e-3
     rank: int | None = None
-    n_probes: int = 8
+    n_probes: int = 1
     decompose: bool = False
     seed: int | None = 0
 
@@ -413,7 +413,7 @@ class FisherOptions:
         """The rows for one explained position. The sketch's probes come from a generator
         seeded afresh with ``seed`` for every position, so a prompt gets the same probes
         whether it is explained alone, in a batch, or as one step of a generation."""
-        rank = self.rank if self.rank is not None else (1 if self.method == "principal" else 8)
+        rank = 1 if self.rank is None else self.rank
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         return fisher_math.plan(
             adapter.W_U,
@@ -444,7 +444,7 @@ class FisherOptions:
         return self.decompose or plan.n_probes > 0
 
     def params(self) -> dict[str, Any]:
-        rank = self.rank if self.rank is not None else (1 if self.method == "principal" else 8)
+        rank = 1 if self.rank is None else self.rank
         return {
             "method": self.method,
             "eps": self.eps,
@@ -470,6 +470,10 @@ def fisher_combine(
         scores = {s: sq[:k].sum(0) + sq[k:].mean(0) for s, sq in squared.items()}
         if plan.n_probes > 1:
             spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
+            stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
+        else:
+            # One Gaussian probe of tr M has sd √2‖M‖_F ≤ √2 tr M: bound it by its own value.
+            spread = {s: sq[k:].sum(0) * 2**0.5 for s, sq in squared.items()}
             stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
     else:
         scores = {s: sq.sum(0) for s, sq in squared.items()}
@@ -513,7 +517,7 @@ def fisher_scope(
     method: str = "sketch",
     eps: float = 1e-3,
     rank: int | None = None,
-    n_probes: int = 8,
+    n_probes: int = 1,
     decompose: bool = False,
     seed: int | None = 0,
     batch_size: int | None = None,
@@ -530,9 +534,13 @@ def fisher_scope(
     ``E_{j∼p} ‖∂ log p_j/∂x_t‖²`` (twice the expected KL under a unit perturbation of
     ``x_t``). See :mod:`jacobian_scopes.fisher` for the methods:
 
-    * ``"sketch"`` (default): the top ``rank`` (default 8) eigen-directions of ``F`` exactly
-      plus ``n_probes`` random probes of the rest: unbiased, ``rank + n_probes`` VJPs,
-      ``result.fisher.stderr`` per token.
+    * ``"sketch"`` (default): the top ``rank`` (default 1) eigen-directions of ``F`` exactly
+      plus ``n_probes`` (default 1) random probes of the rest: unbiased, ``rank + n_probes``
+      VJPs (2 by default, about 1.5× a Semantic scope's cost), and ``result.fisher.stderr``
+      per token (with one probe, the bound √2 × its own term: the sd of one Gaussian
+      probe of tr(M) is √2‖M‖_F ≤ √2 tr M). More probes for a tighter estimate; on SmolLM2,
+      2 VJPs rank tokens like the exact trace with Spearman 0.95 (rel. error ~0.35),
+      16 VJPs (rank=8, n_probes=8) with 0.99 (~0.09).
     * ``"exact"``: ``min(|S|, d)`` VJPs; with ``decompose=True``, one VJP per candidate next
       token and ``result.fisher.contributions`` (candidate × token).
     * ``"principal"``: the top ``rank`` (default 1) eigen-directions (the authors' default).
@@ -545,7 +553,7 @@ def fisher_scope(
         >>> prompt = "French: lentille jacobienne. English: Jacobian"
         >>> r = fisher_scope(model, prompt)                 # doctest: +SKIP
         >>> r.fisher.method, r.fisher.n_vjps                # doctest: +SKIP
-        ('sketch', 16)
+        ('sketch', 2)
     """
     from jacobian_scopes import batch
 
