@@ -245,13 +245,13 @@ def plan(
     if method == "exact":
         op = _Support(W, p, wbar, ids)
         trace_support = max(0.0, op.trace(col_sq))
-        done = (ids, p, trace_full, trace_support, tail_mass)
+        exact_done = (ids, p, trace_full, trace_support, tail_mass)
         if decompose or ids.numel() <= d:
             cand = candidate_rows(W, p, wbar, ids)
-            return _make("exact", cand, cand.shape[0], True, None, *done)
+            return _make("exact", cand, cand.shape[0], True, None, *exact_done)
         lam, U = _full_eigen(W, p, wbar, ids)
         factor = (U * lam.sqrt()).T.float()  # rows √λ_k u_kᵀ
-        return _make("exact", factor, factor.shape[0], False, lam, *done)
+        return _make("exact", factor, factor.shape[0], False, lam, *exact_done)
 
     # The eigen-directions are found first on the head of the support (the most probable
     # rows, at most max(2048, 2d) of them), which is cheap and close; that block then starts
