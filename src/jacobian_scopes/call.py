@@ -174,16 +174,18 @@ def _run(
     build: Build,
     finish: Finish,
     *,
-    batch_size: int,
+    options: dict[str, Any],
     at: str | None = None,
     keep_each: Callable[[list[Row]], bool] = lambda rows: True,
     keep_vectors: bool = False,
     keep_dots: bool = False,
     vjp_batch_size: int | None = None,
-    verbose: bool = False,
     desc: str = "prompts",
 ) -> list[ScopeResult]:
-    """Group the calls by length, run one trace per group, and finish each row."""
+    """Group the calls by length, run one trace per group, and finish each row; ``options``
+    are the call's shared options (``batch_size``, ``verbose``)."""
+    opts = {**DEFAULTS, **options}
+    batch_size, verbose = opts["batch_size"], opts["verbose"]
     order = sorted(range(len(calls)), key=lambda i: -calls[i].tokens.shape[1])
     results: list[ScopeResult | None] = [None] * len(calls)
     first = calls[0]
@@ -379,10 +381,9 @@ def semantic(
         calls,
         build,
         finish,
-        batch_size=options.get("batch_size", DEFAULTS["batch_size"]),
+        options=options,
         keep_vectors=return_vectors,
         keep_dots=True,
-        verbose=options.get("verbose", False),
         desc="semantic scope",
     )
 
@@ -408,10 +409,9 @@ def temperature(
         calls,
         build,
         finish,
-        batch_size=options.get("batch_size", DEFAULTS["batch_size"]),
+        options=options,
         keep_vectors=return_vectors,
         keep_dots=True,
-        verbose=options.get("verbose", False),
         desc="temperature scope",
     )
 
@@ -464,12 +464,11 @@ def fisher(
         calls,
         build,
         finish,
-        batch_size=options.get("batch_size", DEFAULTS["batch_size"]),
+        options=options,
         keep_each=lambda rows: any(
             r.plan is not None and fisher_options.keep_each(r.plan) for r in rows
         ),
         vjp_batch_size=vjp_batch_size,
-        verbose=options.get("verbose", False),
         desc="Fisher scope",
     )
 
@@ -503,10 +502,9 @@ def direction(
         calls,
         build,
         finish,
-        batch_size=options.get("batch_size", DEFAULTS["batch_size"]),
+        options=options,
         at=at,
         keep_vectors=return_vectors,
         keep_dots=True,
-        verbose=options.get("verbose", False),
         desc="scope",
     )
