@@ -337,6 +337,21 @@ def shown_scores(frame) -> list[str]:
     return [re.search(r"· score (\S+) ·", t).group(1) for t in tips]
 
 
+def download(page, selector: str) -> Path:
+    """Press a download button as a person would and return the file it saved."""
+    from playwright.sync_api import expect
+
+    button = page.locator(selector)
+    expect(button).to_be_enabled()
+    # Scrolled first, on its own: below a tall view, Chromium can send the click that
+    # follows a scroll within the same action into the iframe that was under the pointer.
+    button.scroll_into_view_if_needed()
+    page.wait_for_timeout(100)
+    with page.expect_download() as info:
+        button.click()
+    return Path(info.value.path())
+
+
 def pwned(page) -> list:
     return [
         f.evaluate("() => window.__pwned === undefined ? null : String(window.__pwned)")
@@ -376,17 +391,9 @@ def test_browser_prompt_click_target_scores_equal_the_library(server, model, tmp
         attention = view_frame(page, "attention")
         assert attention.locator("[data-component=AttentionHeads]").count() == 1
         # Downloads: the result as JSON (loads back exactly) and the whole page.
-        from playwright.sync_api import expect
-
-        expect(page.locator("#jsv-json")).to_be_enabled()
-        with page.expect_download() as info:
-            page.locator("#jsv-json").click()
-        saved = js.load(info.value.path())
+        saved = js.load(download(page, "#jsv-json"))
         assert torch.equal(saved.scores, expected.scores) and saved.position == 2
-        expect(page.locator("#jsv-html")).to_be_enabled()
-        with page.expect_download() as info:
-            page.locator("#jsv-html").click()
-        document = Path(info.value.path()).read_text(encoding="utf-8")
+        document = Path(download(page, "#jsv-html")).read_text(encoding="utf-8")
         assert document.startswith("<!DOCTYPE html>") and "Layer × token" in document
         page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
         assert pwned(page) == [None] * len(page.frames)
