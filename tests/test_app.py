@@ -206,12 +206,9 @@ def test_one_lock_per_model_held_around_every_library_call(model, monkeypatch):
     assert held == [True]
 
 
-def test_two_threads_on_one_model_get_their_own_results(request, model):
+def test_two_threads_on_one_model_get_their_own_results(model):
     # Hooks live on the model's shared hook points: without the lock, the two threads'
     # captures mix (wrong scores or an exception).
-    if "HookedTransformer" in {c.__name__ for c in type(model).__mro__}:
-        # Known defect (issue 10, open): last-bit differences across threads there.
-        request.applymarker(pytest.mark.xfail(reason="HookedTransformer: last bits"))
     prompts = [PROMPT, "w9 w8 w7 w6 w5 w4 w3 w2 w1"]
     expected = [js.semantic_scope(model, p, "w3").scores for p in prompts]
     ex = Explorer(model)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
-from jacobian_scopes.guard import frozen
+from jacobian_scopes.guard import frozen, temporary_hooks
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate, model_lock
 
@@ -232,7 +232,7 @@ class Trace:
                     # that edit is the linearisation the caller asked for.
                     hooks_scope.enter_context(warnings.catch_warnings())
                     warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
-                hooks_scope.enter_context(self.adapter.model.hooks(fwd_hooks=self.hooks()))
+                hooks_scope.enter_context(temporary_hooks(self.adapter.model, self.hooks()))
                 logits = self.adapter.model(self.tokens, **kwargs)
             self.logits = logits
             self._check_forward()

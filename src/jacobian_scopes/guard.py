@@ -148,3 +148,76 @@ def _restore(params: list[torch.nn.Parameter], modules: list[torch.nn.Module]) -
             pending = pending or exc
     if pending is not None:
         raise pending
+
+
+_TORCH_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+@contextmanager
+def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """``model.hooks(fwd_hooks=...)`` whose undoing survives an interrupt.
+
+    TransformerLens removes a context's hooks in a Python loop: a Ctrl-C landing inside
+    that loop leaves the rest of them on the model, and its ``context_level`` one too high.
+    Whatever arrives, the hook points are set back afterwards to the hooks they held
+    before, and the level too.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.guard import hook_counts, temporary_hooks
+        >>> model = js.load_default_model()
+        >>> before = hook_counts(model)
+        >>> with temporary_hooks(model, [("hook_embed", lambda x, hook: x)]):
+        ...     hook_counts(model) == before
+        False
+        >>> hook_counts(model) == before
+        True
+    """
+    points = list({id(hp): hp for hp in model.hook_dict.values()}.values())
+    held = [
+        (
+            hp,
+            {id(h) for h in getattr(hp, "fwd_hooks", ())},
+            {id(h) for h in getattr(hp, "bwd_hooks", ())},
+            [set(getattr(hp, d, {})) for d in _TORCH_HOOK_DICTS],
+        )
+        for hp in points
+    ]
+    level = model.__dict__.get("context_level")
+    try:
+        with model.hooks(fwd_hooks=fwd_hooks):
+            yield
+    finally:
+        pending: BaseException | None = None
+        while True:
+            try:
+                _put_back_hooks(held)
+                if level is not None:
+                    model.context_level = level
+                break
+            except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
+                pending = pending or exc
+        if pending is not None:
+            raise pending
+
+
+def _put_back_hooks(held: list[tuple[Any, set[int], set[int], list[set[Any]]]]) -> None:
+    # Idempotent, so that an interrupted pass can simply run again.
+    for hp, fwd, bwd, torch_keys in held:
+        for attr, kept in (("fwd_hooks", fwd), ("bwd_hooks", bwd)):
+            handles = getattr(hp, attr, None)
+            if handles and any(id(h) not in kept for h in handles):
+                handles[:] = [h for h in handles if id(h) in kept]
+        for name, keys in zip(_TORCH_HOOK_DICTS, torch_keys, strict=True):
+            hooks = getattr(hp, name, None)
+            if hooks:
+                for key in [k for k in hooks if k not in keys]:
+                    hooks.pop(key, None)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import torch
+
 _registry_lock = threading.Lock()
 _locks: WeakKeyDictionary[Any, threading.RLock] = WeakKeyDictionary()
 
@@ -33,11 +35,20 @@ def model_lock(model: Any) -> threading.RLock:
         >>> model_lock(model) is model_lock(model)
         True
     """
+    _align_thread_count()
     with _registry_lock:
         lock = _locks.get(model)
         if lock is None:
             lock = _locks[model] = threading.RLock()
         return lock
+
+
+def _align_thread_count() -> None:
+    # PyTorch gives a new thread its intra-op thread count (torch.set_num_threads) lazily, at
+    # the thread's first parallel loop of its own; a matrix product before that runs on the
+    # BLAS default instead and sums in another order. Without this, a call's first run in a
+    # new thread differs from the same call in the main thread in the last bits.
+    torch.set_num_threads(torch.get_num_threads())
 
 
 class ThreadGate:
