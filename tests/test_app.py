@@ -644,3 +644,105 @@ def test_cli_starts_a_local_server_for_a_local_model(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------- a notebook, the network
+NOTEBOOK_SETUP = """
+import sys
+sys.path[:0] = [{src!r}, {tests!r}]
+import torch, helpers
+import jacobian_scopes as js
+torch.manual_seed(0)
+model = helpers.make_model({kind!r}, "llama")
+"""
+
+NOTEBOOK_CHECK = """
+import urllib.request
+from gradio_client import Client
+page = urllib.request.urlopen({url!r}, timeout=30).read().decode()
+got = Client({url!r}, verbose=False).predict({prompt!r}, "semantic", 3, "w7", "", "logit",
+                                             "sketch", api_name="/attribute")
+print("title:", "Jacobian Scopes explorer" in page)
+expected = js.semantic_scope(model, {prompt!r}, "w7", position=3).scores.tolist()
+print("scores:", got["scores"] == expected)
+"""
+
+
+@pytest.mark.slow
+def test_explore_in_a_live_notebook_shows_the_app_inline_and_returns(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("gradio_client")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    kind = "bridge" if helpers.has_bridge() else "hooked"
+    root = Path(__file__).resolve().parents[1]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            NOTEBOOK_SETUP.format(src=str(root / "src"), tests=str(root / "tests"), kind=kind)
+        ),
+        # No inline= or block=: a kernel is detected, so the app shows in the output and the
+        # cell returns while the server keeps running.
+        nbformat.v4.new_code_cell(f"app = js.explore(model, port={port})"),
+        nbformat.v4.new_code_cell(NOTEBOOK_CHECK.format(url=url, prompt=PROMPT)),
+        nbformat.v4.new_code_cell("app.close()"),
+    ]
+    client = nbclient.NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    shown = [
+        o["data"]["text/html"]
+        for o in nb.cells[1].get("outputs", [])
+        if "text/html" in o.get("data", {})
+    ]
+    assert len(shown) == 1 and "<iframe" in shown[0] and f":{port}/" in shown[0]
+    printed = "".join(o.get("text", "") for o in nb.cells[2].get("outputs", []))
+    assert printed.split() == ["title:", "True", "scores:", "True"]
+
+
+def test_the_server_reaches_nothing_but_loopback(model, monkeypatch):
+    # Analytics, version checks, share links, fonts: none may leave the machine. Every
+    # connection or name lookup the server process makes while it starts, serves the page
+    # and answers a run is recorded; only loopback ones go through.
+    client_mod = pytest.importorskip("gradio_client")
+    from jacobian_scopes.app import is_loopback
+
+    outbound: list[str] = []
+    connect, connect_ex, getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def host_of(address) -> str:
+        return address[0] if isinstance(address, tuple) else str(address)
+
+    def guarded(real):
+        def call(sock, address):
+            host = host_of(address)
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(host):
+                outbound.append(host)
+                raise OSError("outbound connection refused by the test")
+            return real(sock, address)
+
+        return call
+
+    def lookup(host, *args, **kwargs):
+        if host is not None and not is_loopback(str(host)):
+            outbound.append(str(host))
+            raise socket.gaierror("name lookup refused by the test")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    with served(model) as (_, url):
+        client = client_mod.Client(url, verbose=False)
+        got = client.predict(
+            PROMPT, "semantic", 3, "w7", "", "logit", "sketch", api_name="/attribute"
+        )
+    assert got["scores"] == js.semantic_scope(model, PROMPT, "w7", position=3).scores.tolist()
+    assert outbound == []
