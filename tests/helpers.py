@@ -12,7 +12,7 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -49,16 +49,18 @@ def model_kinds() -> list[str]:
     return [k for k, ok in (("hooked", has_hooked()), ("bridge", has_bridge())) if ok]
 
 
-def make_tokenizer(n_vocab: int = VOCAB):
-    """A word-level tokenizer over "<bos> <eos> <pad> <unk> w0 w1 …", built offline."""
+def make_tokenizer(n_vocab: int = VOCAB, extra: Sequence[str] = (), name: str = "tiny-test"):
+    """A word-level tokenizer over "<bos> <eos> <pad> <unk>", the ``extra`` words, then
+    "w0 w1 …" up to ``n_vocab``, built offline."""
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<bos>", "<eos>", "<pad>", "<unk>"] + [f"w{i}" for i in range(n_vocab - 4)]
+    words = ["<bos>", "<eos>", "<pad>", "<unk>", *extra]
+    words += [f"w{i}" for i in range(n_vocab - len(words))]
     tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        name_or_path="tiny-test",
+        name_or_path=name,
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",

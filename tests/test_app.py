@@ -51,22 +51,7 @@ def model():
 
 
 def hostile_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<bos>", "<eos>", "<pad>", "<unk>", *HOSTILE]
-    words += [f"w{i}" for i in range(helpers.VOCAB - len(words))]
-    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        name_or_path="tiny-hostile",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        add_bos_token=True,
-    )
+    return helpers.make_tokenizer(extra=HOSTILE, name="tiny-hostile")
 
 
 @pytest.fixture(scope="module")

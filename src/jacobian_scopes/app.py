@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -566,8 +566,11 @@ def port_number(text: str) -> int:
     return port
 
 
-def add_explore_command(sub: Any) -> argparse.ArgumentParser:
-    """Add ``explore`` to the ``jacobian-scopes`` subcommands."""
+def add_explore_command(
+    sub: Any, model_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """Add ``explore`` to the ``jacobian-scopes`` subcommands; ``model_arguments`` adds the
+    ``--model``/``--device`` pair every command shares."""
     e = sub.add_parser(
         "explore",
         help="the interactive explorer in the browser (needs jacobian-scopes[app])",
@@ -575,13 +578,7 @@ def add_explore_command(sub: Any) -> argparse.ArgumentParser:
         "token, pick a target, see the scopes. It listens on 127.0.0.1 (this machine only) "
         "unless --host says otherwise.",
     )
-    e.add_argument(
-        "--model",
-        default="default",
-        help="'default' (embedded SmolLM2-135M, offline), a local Hugging Face directory, "
-        "or a TransformerLens model name (needs internet)",
-    )
-    e.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    model_arguments(e)
     e.add_argument(
         "--host",
         default=DEFAULT_HOST,

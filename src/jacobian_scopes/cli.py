@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jacobian_scopes.app import add_explore_command
 
-    add_explore_command(sub)
+    add_explore_command(sub, _model)
     return parser
 
 
