@@ -9,7 +9,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes.text import merge_byte_pieces, visible_text
+from jacobian_scopes.text import merge_byte_pieces, token_label, visible_text
 from jacobian_scopes.viz import maps as all_maps
 from jacobian_scopes.viz.maps import MapView, normalized
 from jacobian_scopes.viz.page import Page, circuitsvis_bundle
@@ -51,6 +51,34 @@ def test_real_tokenizer_shows_no_replacement_character(smollm):
     html = render_document(r).replace(circuitsvis_bundle(), "")
     assert "\ufffd" not in html and "\\ufffd" not in html.lower() and "\\u00fc" in html
     assert "\ufffd" not in r.to_dataframe().to_csv()
+
+
+def test_lists_of_top_tokens_name_an_empty_byte_piece_after_its_character():
+    tokens = ["<bos>", "a", "", " ü", "ber", "", "", " €", ""]
+    assert [token_label(tokens, i) for i in range(len(tokens))] == [
+        "'<bos>'",
+        "'a'",
+        "' ü' (piece 1 of 2)",
+        "' ü' (piece 2 of 2)",
+        "'ber'",
+        "' €' (piece 1 of 3)",
+        "' €' (piece 2 of 3)",
+        "' €' (piece 3 of 3)",
+        "''",  # an empty token that completes nothing stays as it is
+    ]
+
+
+@pytest.mark.real
+def test_the_cli_table_of_a_real_prompt_names_byte_pieces(smollm, monkeypatch):
+    from rich.console import Console
+
+    from jacobian_scopes.cli import attribution_table
+
+    r = js.semantic_scope(smollm, "Der Hund läuft über die Straße und über", " die")
+    console = Console(width=200, record=True)
+    console.print(attribution_table([r], k=r.n_tokens - 1))
+    shown = console.export_text()
+    assert "' ü' (piece 1 of 2)" in shown and "''" not in shown
 
 
 # ------------------------------------------------------------------ bidi controls

@@ -48,6 +48,7 @@ from jacobian_scopes.explorer import (
     parse_token_text,
     scores_payload,
 )
+from jacobian_scopes.text import token_label
 
 INSTALL_HINT = 'the explorer needs Gradio: pip install "jacobian-scopes[app]"'
 DEFAULT_HOST = "127.0.0.1"
@@ -124,7 +125,7 @@ def status(text: str, error: bool = False) -> str:
     return f'<div class="{cls}">{html.escape(text)}</div>'
 
 
-def token_label(token: str, prob: float) -> str:
+def choice_label(token: str, prob: float) -> str:
     from jacobian_scopes.viz.tokens import show_token
 
     return f"{show_token(token)} · {prob:.1%}"
@@ -167,7 +168,7 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         except USER_ERRORS as exc:
             empty = gr.update(choices=[], value=None)
             return [], -1, empty, {}, status(str(exc), error=bool(prompt))
-        labels = {token_label(p.token, p.prob): p.token_id for p in preds}
+        labels = {choice_label(p.token, p.prob): p.token_id for p in preds}
         first = next(iter(labels))
         msg = f"{len(tokens)} tokens · explaining the prediction after the last one"
         return (
@@ -186,7 +187,7 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
             preds = ex.predictions(prompt, position)
         except (*USER_ERRORS, TypeError, ValueError) as exc:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status(str(exc), error=True)
-        labels = {token_label(p.token, p.prob): p.token_id for p in preds}
+        labels = {choice_label(p.token, p.prob): p.token_id for p in preds}
         from jacobian_scopes.viz.tokens import show_token
 
         msg = (
@@ -269,7 +270,8 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         json_path, html_path = _downloads(views)
         from jacobian_scopes.viz.tokens import describe
 
-        top = ", ".join(f"{t!r} {s:.3g}" for _, t, s in views.result.top(3))
+        tokens = views.result.str_tokens
+        top = ", ".join(f"{token_label(tokens, j)} {s:.3g}" for j, _, s in views.result.top(3))
         yield (
             status(
                 f"{describe(views.result)} · top tokens: {top} · "

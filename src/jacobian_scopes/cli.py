@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jacobian_scopes.errors import JacobianScopesError, ScopeInputError
+from jacobian_scopes.text import token_label
 
 SCOPES = ("semantic", "temperature", "fisher")
 FORMATS = (".json", ".csv", ".html")
@@ -418,7 +419,7 @@ def attribution_table(results: list[Any], k: int = 3, max_rows: int = 40) -> Tab
     for i, r in enumerate(results[:max_rows]):
         text = "".join(r.str_tokens[1:] if r.bos else r.str_tokens)
         short = text if len(text) <= 48 else "…" + text[-47:]
-        top = ", ".join(f"{tok!r} {s:.3g}" for _, tok, s in r.top(k))
+        top = ", ".join(f"{token_label(r.str_tokens, j)} {s:.3g}" for j, _, s in r.top(k))
         table.add_row(str(i), Text(repr(short)), Text(explains(r)), Text(top))
     if len(results) > max_rows:
         table.caption = f"{len(results) - max_rows} more: see --out"

@@ -18,6 +18,7 @@ from jacobian_scopes.casestudies import CASES, CaseStudy, lorenz_series, series_
 from jacobian_scopes.generation import generate_scope
 from jacobian_scopes.results import GenerationResult, ScopeResult
 from jacobian_scopes.scopes import fisher_scope, semantic_scope, temperature_scope
+from jacobian_scopes.text import token_label
 
 SCOPE_ORDER = ("semantic", "temperature", "fisher")
 LORENZ_CONTEXT = 40  # values in the prompt (as in casestudies.CASES)
@@ -254,7 +255,9 @@ def generation_table(result: GenerationResult, k: int = 3, max_rows: int = 24) -
     table.add_column("p", justify="right")
     table.add_column(f"top {k} context tokens (position: token score)")
     for i in range(min(result.n_generated, max_rows)):
-        top = ", ".join(f"{t}:{tok!r} {s:.3g}" for t, tok, s in result.top(i, k))
+        top = ", ".join(
+            f"{t}:{token_label(result.str_tokens, t)} {s:.3g}" for t, _, s in result.top(i, k)
+        )
         token = Text(repr(result.generated_tokens[i]))
         table.add_row(str(i), token, f"{result.token_probs[i]:.2f}", Text(top))
     return table

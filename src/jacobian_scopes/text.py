@@ -70,3 +70,37 @@ def merge_byte_pieces(
         if not done:
             i += 1
     return out
+
+
+def token_label(tokens: Sequence[str], i: int) -> str:
+    """Token ``i`` quoted for lists and tables, as the user would recognise it.
+
+    A byte piece that :func:`merge_byte_pieces` left empty is named after the character it
+    starts, with its place among that character's pieces: in a table of top tokens, ``''``
+    would say nothing.
+
+    Example:
+        >>> from jacobian_scopes.text import token_label
+        >>> tokens = ["<bos>", "", " ü", "ber"]
+        >>> [token_label(tokens, i) for i in range(4)]
+        ["'<bos>'", "' ü' (piece 1 of 2)", "' ü' (piece 2 of 2)", "'ber'"]
+    """
+    run = _piece_run(tokens, i)
+    text = repr(visible_text(tokens[i if run is None else run[1]]))
+    if run is None:
+        return text
+    first, last = run
+    return f"{text} (piece {i - first + 1} of {last - first + 1})"
+
+
+def _piece_run(tokens: Sequence[str], i: int) -> tuple[int, int] | None:
+    # The empty pieces before a character and the token that completes it.
+    last = i
+    while last < len(tokens) and tokens[last] == "" and last - i < _MAX_PIECES:
+        last += 1
+    if last == len(tokens) or tokens[last] == "":
+        return None
+    first = i
+    while first > 0 and tokens[first - 1] == "" and last - first < _MAX_PIECES - 1:
+        first -= 1
+    return (first, last) if first < last else None
