@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
+import pathlib
 import pkgutil
 import re
 
@@ -93,3 +95,89 @@ def test_docstring_examples_on_the_real_model(name, smollm, tmp_path, monkeypatc
     monkeypatch.setattr(jacobian_scopes.default_model, "load_default_model", load_default_model)
     monkeypatch.chdir(tmp_path)
     _run(tests, name)
+
+
+# ------------------------------------------------------------------ every public name
+# The public modules: the package, the modules its reference pages render, and the
+# submodules of ``eval`` and ``viz``. The rest (adapter, call, batching, ...) is machinery.
+PUBLIC_MODULES = [
+    "jacobian_scopes",
+    "jacobian_scopes.app",
+    "jacobian_scopes.engine",
+    "jacobian_scopes.errors",
+    "jacobian_scopes.explorer",
+    "jacobian_scopes.generation",
+    "jacobian_scopes.io",
+    "jacobian_scopes.options",
+    "jacobian_scopes.patching",
+    "jacobian_scopes.probe",
+    "jacobian_scopes.results",
+    "jacobian_scopes.text",
+    *(name for name in MODULES if name.startswith(("jacobian_scopes.eval", "jacobian_scopes.viz"))),
+]
+
+# Modules whose names may still lack examples. patching is being split into smaller
+# modules; its examples are checked once that lands (then this set is emptied).
+NOT_YET_CHECKED = {"jacobian_scopes.patching"}
+
+
+def public_names(name: str) -> list[str]:
+    """A module's public classes and functions: its ``__all__``, or else the names it
+    defines that do not start with ``_`` (what its reference page renders)."""
+    module = importlib.import_module(name)
+    listed = getattr(module, "__all__", None)
+    if listed is None:
+        listed = [
+            n
+            for n, obj in vars(module).items()
+            if not n.startswith("_") and getattr(obj, "__module__", None) == name
+        ]
+    return [
+        n
+        for n in listed
+        if inspect.isclass(getattr(module, n)) or inspect.isroutine(getattr(module, n))
+    ]
+
+
+def _has_example(obj: object) -> bool:
+    return any(line.lstrip().startswith(">>>") for line in (inspect.getdoc(obj) or "").splitlines())
+
+
+def missing_examples(modules: list[str]) -> list[str]:
+    return [
+        f"{name}.{n}"
+        for name in modules
+        for n in public_names(name)
+        if not _has_example(getattr(importlib.import_module(name), n))
+    ]
+
+
+def test_every_public_name_has_an_example():
+    missing = missing_examples([m for m in PUBLIC_MODULES if m not in NOT_YET_CHECKED])
+    assert not missing, "public names without a docstring example:\n  " + "\n  ".join(missing)
+
+
+def test_the_coverage_check_sees_what_is_missing():
+    # The check reads the names it should: patching (not yet checked) has names without an
+    # example, and a module's __all__ decides what is public where it has one.
+    assert "jacobian_scopes.engine.Capture" in public_names_full("jacobian_scopes.engine")
+    assert "jacobian_scopes.viz.tokens.TokenView" in public_names_full("jacobian_scopes.viz.tokens")
+    assert set(PUBLIC_MODULES) >= {"jacobian_scopes.eval.stats", "jacobian_scopes.viz.page"}
+
+
+def public_names_full(name: str) -> list[str]:
+    return [f"{name}.{n}" for n in public_names(name)]
+
+
+def _documented_modules() -> set[str]:
+    pages = pathlib.Path(__file__).resolve().parents[1] / "docs" / "reference"
+    return {
+        match.group(1)
+        for page in pages.glob("*.md")
+        for match in re.finditer(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), re.M)
+    }
+
+
+def test_every_public_module_has_a_reference_page():
+    missing = sorted(set(PUBLIC_MODULES) - _documented_modules())
+    assert not missing, f"public modules without an API reference page: {missing}"
