@@ -48,7 +48,8 @@ class Request:
         >>> import jacobian_scopes as js
         >>> from jacobian_scopes.explorer import Explorer, Request
         >>> ex = Explorer(js.load_default_model())
-        >>> r = ex.attribute(Request("The capital of France is", scope="fisher", method="principal"))
+        >>> request = Request("The capital of France is", scope="fisher", method="principal")
+        >>> r = ex.attribute(request)
         >>> r.scope, r.fisher.method
         ('fisher', 'principal')
         >>> Request("The capital of France is", scope="temperature", target=" Paris").check()
@@ -281,7 +282,8 @@ def scores_payload(result: ScopeResult) -> dict[str, Any]:
         >>> import json, jacobian_scopes as js
         >>> from jacobian_scopes.explorer import Explorer, Request, scores_payload
         >>> ex = Explorer(js.load_default_model())
-        >>> payload = scores_payload(ex.attribute(Request("The capital of France is", target=" Paris")))
+        >>> r = ex.attribute(Request("The capital of France is", target=" Paris"))
+        >>> payload = scores_payload(r)
         >>> payload["target"]["tokens"], [round(s, 1) for s in payload["scores"]]
         ([' Paris'], [13.8, 25.1, 24.0, 8.6, 14.1, 6.3])
         >>> json.loads(json.dumps(payload)) == payload

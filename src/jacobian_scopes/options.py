@@ -114,7 +114,7 @@ def check_options(function: str, options: Mapping[str, Any]) -> dict[str, Any]:
         >>> check_options("my_scope", {"postion": -2})
         Traceback (most recent call last):
         ...
-        TypeError: my_scope() got an unexpected keyword argument 'postion' (options shared by every scope: batch_size, checkpoint, freeze, fwd_hooks, position, prepend_bos, sources, verbose)
+        TypeError: my_scope() got an unexpected keyword argument 'postion' (options shared ...)
     """
     unknown = sorted(set(options) - set(CallOptions.__annotations__))
     if unknown:

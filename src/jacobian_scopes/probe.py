@@ -46,8 +46,10 @@ class GradientCache(dict[str, Tensor]):
         >>> list(grads), grads["hook_embed"].shape
         (['hook_embed'], torch.Size([1, 6, 576]))
         >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
-        >>> torch.allclose(grads.scores(), r.scores), torch.allclose(grads.first_order(), r.first_order)
-        (True, True)
+        >>> torch.allclose(grads.scores(), r.scores)
+        True
+        >>> torch.allclose(grads.first_order(), r.first_order)
+        True
     """
 
     def __init__(self, spec: SourceSpec, grads: dict[str, Tensor], values: dict[str, Tensor]):

@@ -82,8 +82,8 @@ class Section(View):
         >>> from jacobian_scopes.viz import Group, Section, Text, render_document, token_view
         >>> model = js.load_default_model()
         >>> prompt = "The capital of France is"
-        >>> report = [Section(f"Why{target!r}?", token_view(js.semantic_scope(model, prompt, target)))
-        ...           for target in (" Paris", " Lyon")]
+        >>> results = [js.semantic_scope(model, prompt, t) for t in (" Paris", " Lyon")]
+        >>> report = [Section(f"Why{r.target.tokens[0]}?", token_view(r)) for r in results]
         >>> render_document(*report).count("<h2>")
         2
     """
