@@ -5,12 +5,17 @@ what it uses and builds its own model and prompt), so that a user can paste it a
 Modules whose examples load the default model run against the real SmolLM2 (the session
 fixture, handed out by ``load_default_model`` so that each example does not reload it).
 Every module must have at least one example: a runner that finds none passes nothing.
+
+Below, the coverage: every public class and function of every public module has an example
+of its own, and every public module has a page in the API reference (docs/reference).
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
+import pathlib
 import pkgutil
 import re
 
@@ -93,3 +98,87 @@ def test_docstring_examples_on_the_real_model(name, smollm, tmp_path, monkeypatc
     monkeypatch.setattr(jacobian_scopes.default_model, "load_default_model", load_default_model)
     monkeypatch.chdir(tmp_path)
     _run(tests, name)
+
+
+# ------------------------------------------------------------------ every public name
+# The public modules: the package, the modules its reference pages render, and the
+# submodules of ``eval`` and ``viz``. The rest (adapter, call, batching, ...) is machinery.
+PUBLIC_MODULES = [
+    "jacobian_scopes",
+    "jacobian_scopes.app",
+    "jacobian_scopes.engine",
+    "jacobian_scopes.errors",
+    "jacobian_scopes.explorer",
+    "jacobian_scopes.generation",
+    "jacobian_scopes.io",
+    "jacobian_scopes.options",
+    "jacobian_scopes.patching",
+    "jacobian_scopes.probe",
+    "jacobian_scopes.results",
+    "jacobian_scopes.text",
+    *(name for name in MODULES if name.startswith(("jacobian_scopes.eval", "jacobian_scopes.viz"))),
+]
+
+# Modules whose names may still lack examples. patching is being split into smaller
+# modules; its examples are checked once that lands (then this set is emptied).
+NOT_YET_CHECKED = {"jacobian_scopes.patching"}
+
+
+def public_names(name: str) -> list[str]:
+    """A module's public classes and functions: its ``__all__``, or else the names it
+    defines that do not start with ``_`` (what its reference page renders)."""
+    module = importlib.import_module(name)
+    listed = getattr(module, "__all__", None)
+    if listed is None:
+        listed = [
+            n
+            for n, obj in vars(module).items()
+            if not n.startswith("_") and getattr(obj, "__module__", None) == name
+        ]
+    return [
+        n
+        for n in listed
+        if inspect.isclass(getattr(module, n)) or inspect.isroutine(getattr(module, n))
+    ]
+
+
+def _has_example(obj: object) -> bool:
+    return any(line.lstrip().startswith(">>>") for line in (inspect.getdoc(obj) or "").splitlines())
+
+
+def missing_examples(modules: list[str]) -> list[str]:
+    return [
+        f"{name}.{n}"
+        for name in modules
+        for n in public_names(name)
+        if not _has_example(getattr(importlib.import_module(name), n))
+    ]
+
+
+def test_every_public_name_has_an_example():
+    missing = missing_examples([m for m in PUBLIC_MODULES if m not in NOT_YET_CHECKED])
+    assert not missing, "public names without a docstring example:\n  " + "\n  ".join(missing)
+
+
+def test_the_coverage_check_reads_the_public_names():
+    # A module's __all__ decides where it has one (the helpers viz.tokens shares with the
+    # other views stay out); otherwise every name it defines without a leading "_" counts.
+    engine = set(public_names("jacobian_scopes.engine"))
+    assert {"Capture", "Pullback", "wants_checkpoint"} <= engine
+    assert "describe" not in public_names("jacobian_scopes.viz.tokens")
+    assert "Paired" in public_names("jacobian_scopes.eval.stats")
+    assert {"jacobian_scopes.eval.stats", "jacobian_scopes.viz.page"} <= set(PUBLIC_MODULES)
+
+
+def _documented_modules() -> set[str]:
+    pages = pathlib.Path(__file__).resolve().parents[1] / "docs" / "reference"
+    return {
+        match.group(1)
+        for page in pages.glob("*.md")
+        for match in re.finditer(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), re.M)
+    }
+
+
+def test_every_public_module_has_a_reference_page():
+    missing = sorted(set(PUBLIC_MODULES) - _documented_modules())
+    assert not missing, f"public modules without an API reference page: {missing}"

@@ -620,3 +620,7 @@ def run_explore(args: argparse.Namespace, console: Any) -> int:
         warnings.simplefilter("ignore")  # the public-host warning was printed above
         launch(app, host=args.host, port=args.port, inline=False, block=True)
     return 0
+
+
+# The rest (theme, frame, the command-line hooks) is this app's own machinery.
+__all__ = ["build_app", "explore", "is_loopback"]

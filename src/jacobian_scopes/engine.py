@@ -84,6 +84,17 @@ class Capture:
 
     It also serves as a torch forward pre-hook (:meth:`pre_hook`), which is how ``y`` is
     read on HookedTransformer (see :class:`jacobian_scopes.adapter.FinalState`).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.engine import Capture
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> capture = Capture("blocks.5.hook_resid_post")
+        >>> with model.hooks(fwd_hooks=[(capture.name, capture)]):
+        ...     logits = model(tokens)
+        >>> capture.value.shape, capture.value.grad_fn is not None
+        (torch.Size([1, 6, 576]), True)
     """
 
     def __init__(self, name: str):
@@ -98,7 +109,25 @@ class Capture:
 
 
 def detach_hook(tensor: Tensor, hook: Any) -> Tensor:
-    """TransformerLens hook that cuts the gradient through an activation (linearisation)."""
+    """TransformerLens hook that cuts the gradient through an activation (linearisation).
+
+    Example:
+        Detaching every attention pattern is the ``freeze=["attn_pattern"]`` variant:
+        the scope then explains the prediction with the attention weights held fixed.
+
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.engine import detach_hook
+        >>> model = js.load_default_model()
+        >>> prompt = "The capital of France is"
+        >>> patterns = [(f"blocks.{i}.attn.hook_pattern", detach_hook)
+        ...             for i in range(model.cfg.n_layers)]
+        >>> r = js.semantic_scope(model, prompt, " Paris", fwd_hooks=patterns)
+        >>> frozen = js.semantic_scope(model, prompt, " Paris", freeze=["attn_pattern"])
+        >>> r.top(2) == frozen.top(2)
+        True
+        >>> [token for _, token, _ in r.top(2)]
+        [' capital', 'The']
+    """
     return tensor.detach()
 
 
@@ -111,6 +140,23 @@ class Pullback:
     (head,) for ``attn.hook_z``; K is 1 when the directions were summed (``keep_each=False``).
     ``vectors[source]`` holds the raw products (K, batch, pos, ...) when asked for, and
     ``dots[source]`` the first-order terms ⟨activation, J_tᵀv⟩ (K, batch, pos, *rest).
+
+    Example:
+        The square root of the squared norms at the embeddings is the Semantic scope:
+
+        >>> import torch, jacobian_scopes as js
+        >>> from jacobian_scopes.engine import ModelAdapter, Trace
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> adapter = ModelAdapter(model)
+        >>> with Trace(adapter, tokens, sources=["hook_embed", "blocks.10.hook_resid_pre"]) as tr:
+        ...     v = adapter.W_U[:, model.to_single_token(" Paris")][None, None]
+        ...     pb = tr.pullback([tokens.shape[1] - 1], v, keep_dots=True)
+        >>> {name: tuple(sq.shape) for name, sq in pb.squared.items()}
+        {'hook_embed': (1, 1, 6), 'blocks.10.hook_resid_pre': (1, 1, 6)}
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> torch.allclose(pb.squared["hook_embed"][0, 0].sqrt(), r.scores)
+        True
     """
 
     squared: dict[str, Tensor]
@@ -363,7 +409,15 @@ CHECKPOINT_ABOVE_BYTES = 1 << 30
 
 
 def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int]) -> bool:
-    """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``."""
+    """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.engine import ModelAdapter, wants_checkpoint
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> wants_checkpoint(adapter, (1, 512)), wants_checkpoint(adapter, (1, 8192))
+        (False, True)
+    """
     return attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES
 
 
@@ -372,6 +426,15 @@ def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
 
     Eager attention (the Bridge forces it; HookedTransformer always computes patterns)
     saves the scores and the pattern, ``batch × heads × pos²`` values each, in every layer.
+
+    Example:
+        SmolLM2 (30 layers, 9 heads, float32) on one prompt of 8k tokens:
+
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.engine import ModelAdapter, attention_bytes
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> f"{attention_bytes(adapter, (1, 8192)) / 1e9:.0f} GB"
+        '145 GB'
     """
     batch, n_pos = int(shape[0]), int(shape[1])
     per_value = torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
@@ -387,6 +450,24 @@ def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[
     With a ``gate``, only that call's forward passes are checkpointed (other threads run
     the blocks as usual), and the recomputation during the backward pass counts as the
     call's work in whichever thread autograd runs it.
+
+    Example:
+        The gradients are the same as without checkpointing; only the memory differs.
+
+        >>> import torch, jacobian_scopes as js
+        >>> from jacobian_scopes.engine import GradientTap, checkpointed_blocks
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> paris = model.to_single_token(" Paris")
+        >>> grads = []
+        >>> for checkpoint in (False, True):
+        ...     tap = GradientTap("hook_embed")
+        ...     with js.frozen(model), model.hooks(fwd_hooks=[(tap.name, tap)]):
+        ...         with checkpointed_blocks(model) if checkpoint else torch.enable_grad():
+        ...             logits = model(tokens)
+        ...             grads += torch.autograd.grad(logits[0, -1, paris], tap.leaf)
+        >>> torch.allclose(grads[0], grads[1])
+        True
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -421,7 +502,16 @@ def _combine(parts: list[Tensor], keep_each: bool) -> Tensor:
 
 
 def default_batch_size(n_pos: int, d: int, n_sources: int) -> int:
-    """How many directions to pull back at once: about 2²⁸ bytes of gradients per batch."""
+    """How many directions to pull back at once: about 2²⁸ bytes of gradients per batch.
+
+    Example:
+        A short prompt takes the cap of 64 directions per backward pass; 8k tokens at
+        every layer of SmolLM2 (d = 576, 30 sources) take one at a time:
+
+        >>> from jacobian_scopes.engine import default_batch_size
+        >>> default_batch_size(6, 576, 1), default_batch_size(8192, 576, 30)
+        (64, 1)
+    """
     per_direction = max(1, n_pos * d * max(1, n_sources) * 4)
     return int(max(1, min(64, (1 << 28) // per_direction)))
 

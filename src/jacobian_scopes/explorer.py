@@ -43,6 +43,19 @@ class Request:
 
     ``target`` is a token string or id; ``None`` (Semantic) means the model's top
     prediction at ``position``. ``foil`` turns Semantic into a logit difference.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.explorer import Explorer, Request
+        >>> ex = Explorer(js.load_default_model())
+        >>> request = Request("The capital of France is", scope="fisher", method="principal")
+        >>> r = ex.attribute(request)
+        >>> r.scope, r.fisher.method
+        ('fisher', 'principal')
+        >>> Request("The capital of France is", scope="temperature", target=" Paris").check()
+        Traceback (most recent call last):
+        ...
+        jacobian_scopes.errors.ScopeInputError: a target and a foil apply to the semantic scope only
     """
 
     prompt: str
@@ -263,7 +276,19 @@ def compute(
 
 
 def scores_payload(result: ScopeResult) -> dict[str, Any]:
-    """What the ``attribute`` endpoint returns: the scores and what they explain."""
+    """What the ``attribute`` endpoint returns: the scores and what they explain.
+
+    Example:
+        >>> import json, jacobian_scopes as js
+        >>> from jacobian_scopes.explorer import Explorer, Request, scores_payload
+        >>> ex = Explorer(js.load_default_model())
+        >>> r = ex.attribute(Request("The capital of France is", target=" Paris"))
+        >>> payload = scores_payload(r)
+        >>> payload["target"]["tokens"], [round(s, 1) for s in payload["scores"]]
+        ([' Paris'], [13.8, 25.1, 24.0, 8.6, 14.1, 6.3])
+        >>> json.loads(json.dumps(payload)) == payload
+        True
+    """
     payload: dict[str, Any] = {
         "scope": result.scope,
         "tokens": list(result.str_tokens),
@@ -290,3 +315,7 @@ def scores_payload(result: ScopeResult) -> dict[str, Any]:
     if result.fisher is not None:
         payload["fisher"] = {"method": result.fisher.method, "n_vjps": result.fisher.n_vjps}
     return payload
+
+
+# What the app and a user call; Views, compute and pages are the app's plumbing.
+__all__ = ["Explorer", "Request", "parse_token_text", "scores_payload"]

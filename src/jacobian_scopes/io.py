@@ -101,7 +101,20 @@ def save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def dumps(obj: Any) -> str:
-    """The JSON text :func:`save` writes."""
+    """The JSON text :func:`save` writes.
+
+    Example:
+        Results travel with plain values, e.g. as one record of a run's log:
+
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.io import dumps
+        >>> model = js.load_default_model()
+        >>> rs = js.semantic_scope(model, ["The capital of France is", "The capital of Italy is"],
+        ...                        [" Paris", " Rome"])
+        >>> text = dumps({"run": "capitals", "results": list(rs)})
+        >>> text[:42]
+        '{"format":"jacobian-scopes","version":1,"c'
+    """
     document = {"format": FORMAT, "version": VERSION, "content": _encode(obj)}
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -233,7 +246,20 @@ def _file_kind(mode: int) -> str:
 
 
 def loads(text: str, *, max_bytes: int = MAX_BYTES, source: str = "<string>") -> Any:
-    """Parse the JSON text of a result file (see :func:`load`)."""
+    """Parse the JSON text of a result file (see :func:`load`).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.io import dumps, loads
+        >>> model = js.load_default_model()
+        >>> rs = js.semantic_scope(model, ["The capital of France is", "The capital of Italy is"],
+        ...                        [" Paris", " Rome"])
+        >>> back = loads(dumps({"run": "capitals", "results": list(rs)}))
+        >>> back["run"], [r.target.tokens for r in back["results"]]
+        ('capitals', [[' Paris'], [' Rome']])
+        >>> back["results"][1].scores.equal(rs[1].scores)
+        True
+    """
     if len(text) > max_bytes:
         raise ResultFileError(f"{source}: {len(text)} characters, over the limit of {max_bytes}")
     _check_containers(text, source)
@@ -706,7 +732,20 @@ def to_dataframe(results: Any) -> Any:
 
 
 def to_csv(results: Any, path: str | os.PathLike[str]) -> Path:
-    """Write :func:`to_dataframe` as CSV; returns the path."""
+    """Write :func:`to_dataframe` as CSV; returns the path.
+
+    Example:
+        >>> import pandas as pd, jacobian_scopes as js
+        >>> from jacobian_scopes.io import to_csv
+        >>> model = js.load_default_model()
+        >>> rs = js.semantic_scope(model, ["The capital of France is", "The capital of Italy is"],
+        ...                        [" Paris", " Rome"])
+        >>> to_csv(rs, "capitals.csv")
+        PosixPath('capitals.csv')
+        >>> table = pd.read_csv("capitals.csv")
+        >>> len(table), table.loc[table.score.idxmax(), ["prompt", "token"]].tolist()
+        (12, ['The capital of Italy is', ' capital'])
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     to_dataframe(results).to_csv(path, index=False)

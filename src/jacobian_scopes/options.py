@@ -64,6 +64,19 @@ class CallOptions(TypedDict, total=False):
       each hook to one call per forward pass).
     * ``batch_size`` (int): prompts per forward pass when several are given (default 8).
     * ``verbose`` (bool): a progress bar over the prompts, as in TransformerLens.
+
+    Example:
+        A wrapper that passes the shared options on, type-checked:
+
+        >>> from typing_extensions import Unpack
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.options import CallOptions
+        >>> def paris(model, prompt, **options: Unpack[CallOptions]):
+        ...     return js.semantic_scope(model, prompt, " Paris", **options)
+        >>> model = js.load_default_model()
+        >>> r = paris(model, "The capital of France is", sources="resid_pre", position=-1)
+        >>> r.scores.shape, r.source_labels[:2]
+        (torch.Size([30, 6]), ['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre'])
     """
 
     position: int | Sequence[int]
@@ -93,6 +106,15 @@ def check_options(function: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
     ``**options: Unpack[CallOptions]`` is checked by type checkers only; at run time a
     misspelt option would otherwise vanish silently.
+
+    Example:
+        >>> from jacobian_scopes.options import check_options
+        >>> check_options("my_scope", {"position": -2, "sources": "resid_pre"})
+        {'position': -2, 'sources': 'resid_pre'}
+        >>> check_options("my_scope", {"postion": -2})
+        Traceback (most recent call last):
+        ...
+        TypeError: my_scope() got an unexpected keyword argument 'postion' (options shared ...)
     """
     unknown = sorted(set(options) - set(CallOptions.__annotations__))
     if unknown:

@@ -32,6 +32,24 @@ class GradientCache(dict[str, Tensor]):
 
     Each value has the activation's shape, (batch, pos, ...). :meth:`scores` and
     :meth:`first_order` reduce them per token in the same layout as a scope result.
+
+    Example:
+        Pulling the " Paris" logit back to the input embeddings gives the Semantic scope:
+
+        >>> import torch, jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> tokens = model.to_tokens("The capital of France is")
+        >>> probe = js.GradientProbe(model)
+        >>> with js.frozen(model), model.hooks(fwd_hooks=probe.fwd_hooks):
+        ...     logits = model(tokens)
+        ...     grads = probe.backward(logits[0, -1, model.to_single_token(" Paris")])
+        >>> list(grads), grads["hook_embed"].shape
+        (['hook_embed'], torch.Size([1, 6, 576]))
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> torch.allclose(grads.scores(), r.scores)
+        True
+        >>> torch.allclose(grads.first_order(), r.first_order)
+        True
     """
 
     def __init__(self, spec: SourceSpec, grads: dict[str, Tensor], values: dict[str, Tensor]):

@@ -12,7 +12,16 @@ from torch import Tensor
 
 @dataclass
 class Prediction:
-    """One of the model's most probable next tokens at the explained position."""
+    """One of the model's most probable next tokens at the explained position.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> r = js.temperature_scope(model, "The capital of France is")
+        >>> best = r.top_predictions[0]
+        >>> best.token, round(best.prob, 2)
+        (' Paris', 0.75)
+    """
 
     token_id: int
     token: str
@@ -26,6 +35,13 @@ class Target:
     ``mode`` is ``"logit"`` (raw logit of the target), ``"logprob"`` (its log-probability;
     the sum over the continuation for multi-token targets) or ``"contrast"`` (logit of
     ``token`` minus logit of ``foil``).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris", foil=" London")
+        >>> r.target
+        Target(ids=[7042], tokens=[' Paris'], mode='contrast', foil_id=4528, foil=' London')
     """
 
     ids: list[int]
@@ -49,6 +65,19 @@ class FisherDetails:
     * ``stderr`` (sketch): standard error of each token's score, from the probes' spread.
     * ``contributions`` (exact, ``decompose=True``): ``p_j ‖J_tᵀ(w_j − w̄)‖²``, one row per
       candidate next token; the rows sum to the scores.
+
+    Example:
+        >>> import torch, jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> r = js.fisher_scope(model, "The capital of France is", method="exact",
+        ...                     eps=0.2, decompose=True)
+        >>> d = r.fisher
+        >>> d.method, d.is_unbiased, d.tail_mass <= d.eps, d.captured
+        ('exact', True, True, 1.0)
+        >>> d.candidate_tokens[:3], d.contributions.shape[0] == d.support_size
+        ([' Paris', ' Mon', ' Le'], True)
+        >>> torch.allclose(d.contributions.sum(0), r.scores, rtol=1e-4)
+        True
     """
 
     method: str

@@ -24,7 +24,18 @@ _LAST_WORD = re.compile(r"^(?P<prompt>.*\S)\s+(?P<word>\S+)\s*$", re.DOTALL)
 
 @dataclass(frozen=True)
 class Passage:
-    """One prompt to evaluate on. ``target`` is a reference next token (optional)."""
+    """One prompt to evaluate on. ``target`` is a reference next token (optional).
+
+    ``key`` names the passage in a results file (so that a resumed run skips it); plain
+    prompts get ``"<index>:<hash of the prompt>"``.
+
+    Example:
+        >>> from jacobian_scopes.eval.passages import Passage, as_passages
+        >>> passages = as_passages([Passage("The capital of France is", " Paris", key="france"),
+        ...                         "1, 2, 3,"])
+        >>> [(p.key, p.target) for p in passages]
+        [('france', ' Paris'), ('1:0bad35c41f55', None)]
+    """
 
     prompt: Prompt
     target: TargetLike | None = None

@@ -120,7 +120,21 @@ def _draw(p: Tensor, generator: torch.Generator) -> Tensor:
 def reinitialise(modules: Iterable[Any], generator: torch.Generator) -> int:
     """Replace every parameter of ``modules`` by fresh draws (see module doc); returns how
     many were replaced. New ``Parameter`` objects are installed, which unties any weight
-    shared with a module outside ``modules``."""
+    shared with a module outside ``modules``.
+
+    Example:
+        A weight tied to a module outside the list is untied, and keeps its values there:
+
+        >>> import torch
+        >>> from jacobian_scopes.eval.sanity import reinitialise
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        >>> net[1].weight = net[0].weight
+        >>> before = net[0].weight.detach().clone()
+        >>> reinitialise([net[0]], torch.Generator().manual_seed(0))
+        2
+        >>> torch.equal(net[0].weight, before), torch.equal(net[1].weight, before)
+        (False, True)
+    """
     fresh: dict[int, torch.nn.Parameter] = {}
     for module in modules:
         for sub in module.modules():

@@ -50,7 +50,17 @@ def inert_label(token: str) -> str:
 
 @dataclass
 class AttentionView(View):
-    """The scope's tokens, one attention row per head, and the heads' full patterns."""
+    """The scope's tokens, one attention row per head, and the heads' full patterns.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import beside_attention
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> view = beside_attention(model, r, heads=[(3, 0), (20, 7)])
+        >>> view.head_names, tuple(view.patterns.shape), view.scope_row.title
+        (['L3H0', 'L20H7'], (2, 6, 6), "Semantic · logit of ' Paris'")
+    """
 
     scope_row: TokenView
     head_rows: list[TokenView]
@@ -246,3 +256,6 @@ def _cosine(a: Tensor, b: Tensor) -> float:
     if na == 0 or nb == 0:
         return 0.0
     return float(a @ b) / (na * nb)
+
+
+__all__ = ["AttentionView", "beside_attention"]

@@ -20,7 +20,19 @@ from jacobian_scopes.viz.tokens import TokenView, describe, show_token, token_vi
 
 @dataclass
 class Comparison(View):
-    """Rows of coloured tokens, one per result (and optionally their difference)."""
+    """Rows of coloured tokens, one per result (and optionally their difference).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> prompt = "The capital of France is"
+        >>> c = js.compare(js.semantic_scope(model, prompt, " Paris"),
+        ...                js.semantic_scope(model, prompt, " Lyon"), difference=True)
+        >>> c.shared_scale, c.notes, len(c.rows)
+        (True, ['all rows share one colour scale'], 3)
+        >>> c.rows[2].title, c.rows[2].signed
+        ("difference: ' Paris' − ' Lyon'", True)
+    """
 
     rows: list[TokenView]
     title: str | None = None

@@ -78,6 +78,15 @@ class MapView(View):
     by measurement, see the README). ``signed`` maps (``first_order``, patching) use a
     diverging scale centred on zero: magenta below, white at zero, blue above. Hover a
     cell for its exact value.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import layer_token_map
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris", sources="resid_pre")
+        >>> m = layer_token_map(r)
+        >>> len(m.rows), m.rows[:2], m.cols[-2:], m.normalize
+        (30, ['L0 resid_pre', 'L1 resid_pre'], [' France', ' is'], 'row')
     """
 
     values: list[list[float]]
@@ -493,7 +502,21 @@ def _as_map(
 
 @dataclass
 class ComparisonView(View):
-    """The agreement table over the maps, drawn side by side."""
+    """The agreement table over the maps, drawn side by side.
+
+    :func:`comparison_view` builds it from a patching comparison; any table and maps go.
+
+    Example:
+        >>> import pandas as pd
+        >>> from jacobian_scopes.viz import render_document
+        >>> from jacobian_scopes.viz.maps import ComparisonView, MapView
+        >>> maps = [MapView([[1.0, 3.0], [2.0, 0.5]], rows=["L0", "L1"], cols=["a", " b"], title=t)
+        ...         for t in ("scope", "patching")]
+        >>> table = pd.DataFrame({"map": ["scope"], "spearman": [0.4]})
+        >>> html = render_document(ComparisonView(table, maps, title="Side by side"))
+        >>> html.count('class="jsv-map"'), html.count("<h3>")
+        (2, 3)
+    """
 
     table: Any
     views: list[MapView]
@@ -592,3 +615,15 @@ def _labels(result: ScopeResult, n: int) -> list[str]:
     if len(labels) != n:
         return [f"{i}" for i in range(n)]
     return labels
+
+
+__all__ = [
+    "ComparisonView",
+    "MapView",
+    "comparison_view",
+    "layer_head_map",
+    "layer_token_map",
+    "maps",
+    "normalized",
+    "patching_map",
+]

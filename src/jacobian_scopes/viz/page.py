@@ -106,6 +106,17 @@ class Page:
 
     ``widget()`` returns the placeholder ``<div>`` to put where the widget should appear;
     :meth:`scripts` returns the bundle and the render calls, to put after all the markup.
+
+    Example:
+        A view of your own that shows a CircuitsVis widget renders it through the page:
+
+        >>> from jacobian_scopes.viz.page import Page
+        >>> page = Page(prefix="demo")
+        >>> page.widget("ColoredTokens", {"tokens": ["Paris", " is"], "values": [1.0, 0.2]})
+        '<div class="jsv-widget" id="demo-0" data-component="ColoredTokens"></div>'
+        >>> scripts = page.scripts()
+        >>> 'CircuitsVis.render("demo-0", CircuitsVis.ColoredTokens' in scripts
+        True
     """
 
     prefix: str = field(default_factory=lambda: "jsv-" + uuid.uuid4().hex[:8])
@@ -219,6 +230,20 @@ class View:
 
     Subclasses implement :meth:`render` (HTML markup, registering their widgets on the
     page) and ``__rich__`` (the terminal rendering).
+
+    Example:
+        A view of your own goes on a page with the library's views:
+
+        >>> from jacobian_scopes.viz import View, render_document
+        >>> from jacobian_scopes.viz.page import escape_text
+        >>> class Note(View):
+        ...     def __init__(self, text):
+        ...         self.text = text
+        ...     def render(self, page):
+        ...         return f"<aside>{escape_text(self.text)}</aside>"
+        >>> html = render_document(Note("scores < 1 are noise"), title="Notes")
+        >>> "<aside>scores &lt; 1 are noise</aside>" in html
+        True
     """
 
     def render(self, page: Page) -> str:  # pragma: no cover - abstract
@@ -240,3 +265,6 @@ class View:
         from jacobian_scopes.viz.report import save_html
 
         return save_html(path, self, title=title)
+
+
+__all__ = ["Page", "View", "escape_text", "script_json"]

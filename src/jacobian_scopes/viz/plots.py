@@ -185,6 +185,17 @@ class SeriesInfluence:
 
     ``token_groups[i]`` are the token indices that spell value ``i`` (SmolLM2 writes every
     digit as its own token); ``influence[i]`` combines their scores with ``aggregate``.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.casestudies import lorenz_series, series_prompt
+        >>> from jacobian_scopes.viz import series_influence
+        >>> model = js.load_default_model()
+        >>> s = series_influence(js.temperature_scope(model, series_prompt(lorenz_series(10))))
+        >>> s.aggregate, s.values[:3], s.token_groups[:2]
+        ('norm', [27.0, 19.0, 15.0], [[1, 2], [4, 5]])
+        >>> [round(x, 1) for x in s.influence[:3]]
+        [17.1, 5.8, 4.8]
     """
 
     values: list[float]
@@ -328,3 +339,6 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
 
         return plt.figure(figsize=figsize)
     return Figure(figsize=figsize)
+
+
+__all__ = ["SeriesInfluence", "mpl_text", "plot_result", "plot_series", "series_influence"]

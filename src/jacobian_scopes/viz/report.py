@@ -28,7 +28,14 @@ from jacobian_scopes.viz.page import CSS, Page, View, escape_text
 
 @dataclass
 class Text(View):
-    """A paragraph of plain text (escaped)."""
+    """A paragraph of plain text (escaped).
+
+    Example:
+        >>> from jacobian_scopes.viz import Text
+        >>> from jacobian_scopes.viz.page import Page
+        >>> Text("a < b").render(Page())
+        '<p>a &lt; b</p>'
+    """
 
     text: str
 
@@ -43,7 +50,17 @@ class Text(View):
 
 @dataclass
 class Group(View):
-    """Several views, one after the other."""
+    """Several views, one after the other.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import Group, Text, token_view
+        >>> model = js.load_default_model()
+        >>> r = js.semantic_scope(model, "The capital of France is", " Paris")
+        >>> group = Group([Text("Why ' Paris'?"), token_view(r)])
+        >>> group.save_html("paris.html", title="Paris")
+        PosixPath('paris.html')
+    """
 
     views: list[View] = field(default_factory=list)
 
@@ -58,7 +75,18 @@ class Group(View):
 
 @dataclass
 class Section(View):
-    """A heading over one or more views."""
+    """A heading over one or more views.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import Group, Section, Text, render_document, token_view
+        >>> model = js.load_default_model()
+        >>> prompt = "The capital of France is"
+        >>> results = [js.semantic_scope(model, prompt, t) for t in (" Paris", " Lyon")]
+        >>> report = [Section(f"Why{r.target.tokens[0]}?", token_view(r)) for r in results]
+        >>> render_document(*report).count("<h2>")
+        2
+    """
 
     heading: str
     body: View
@@ -78,7 +106,17 @@ class Section(View):
 
 @dataclass
 class FigureView(View):
-    """A matplotlib figure, embedded as inline SVG (vector, no external file, no request)."""
+    """A matplotlib figure, embedded as inline SVG (vector, no external file, no request).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.viz import FigureView, plot_result, render_document
+        >>> model = js.load_default_model()
+        >>> figure = plot_result(js.semantic_scope(model, "The capital of France is", " Paris"))
+        >>> html = render_document(FigureView(figure))
+        >>> html.count("<svg"), "http://" in html.split("<svg", 1)[0]
+        (1, False)
+    """
 
     figure: Any
 
@@ -263,3 +301,16 @@ def _rich(view: View) -> Any:
     if rich is None:  # pragma: no cover - every view defines it
         return repr(view)
     return rich()
+
+
+__all__ = [
+    "FigureView",
+    "Group",
+    "Section",
+    "Text",
+    "as_view",
+    "render_document",
+    "resend_bundle",
+    "save_html",
+    "show",
+]

@@ -134,3 +134,6 @@ def print_result(result: ScopeResult, *, k: int = 5, console: Console | None = N
            1  1  '1'     16.5...
     """
     (console or Console()).print(result_renderable(result, k=k))
+
+
+__all__ = ["print_result", "safe_text"]

@@ -61,6 +61,15 @@ class TokenView(View):
 
     Build it with :func:`token_view` (from a result) or :func:`colored_tokens` (any
     values). ``scale_max`` fixes the colour scale's end (for several rows on one scale).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> model = js.load_default_model()
+        >>> view = js.viz.token_view(js.semantic_scope(model, "The capital of France is", " Paris"))
+        >>> view.tokens
+        ['<|im_start|>', 'The', ' capital', ' of', ' France', ' is']
+        >>> [round(v, 1) for v in view.values], view.ranks()
+        ([13.8, 25.1, 24.0, 8.6, 14.1, 6.3], [None, 1, 2, 4, 3, 5])
     """
 
     tokens: list[str]
@@ -332,3 +341,6 @@ def _as_list(values: Any) -> list[float]:
     if isinstance(values, np.ndarray):
         return [float(v) for v in values.reshape(-1).tolist()]
     return [float(v) for v in values]
+
+
+__all__ = ["TokenView", "colored_tokens", "token_view"]
