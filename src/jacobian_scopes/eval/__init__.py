@@ -8,7 +8,8 @@
 * :mod:`~jacobian_scopes.eval.sanity`: the weight-randomisation check;
 * :mod:`~jacobian_scopes.eval.stats`, :mod:`~jacobian_scopes.eval.store`,
   :mod:`~jacobian_scopes.eval.passages`, :mod:`~jacobian_scopes.eval.perturb`: the
-  statistics, the resumable results file, the LAMBADA passages, the gradient-free passes.
+  statistics, the resumable results file, the LAMBADA passages, the gradient-free passes;
+* :mod:`~jacobian_scopes.eval.distributed`: one evaluation over processes under ``torchrun``.
 
 Example:
     >>> from jacobian_scopes.eval import evaluate
@@ -18,6 +19,7 @@ Example:
 
 from jacobian_scopes.eval import (
     baselines,
+    distributed,
     evaluate,
     methods,
     passages,
@@ -27,4 +29,14 @@ from jacobian_scopes.eval import (
     store,
 )
 
-__all__ = ["baselines", "evaluate", "methods", "passages", "perturb", "sanity", "stats", "store"]
+__all__ = [
+    "baselines",
+    "distributed",
+    "evaluate",
+    "methods",
+    "passages",
+    "perturb",
+    "sanity",
+    "stats",
+    "store",
+]

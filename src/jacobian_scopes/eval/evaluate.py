@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.eval import baselines, perturb, stats
+from jacobian_scopes.eval.distributed import barrier, exchange, process_group, torchrun_ranks
 from jacobian_scopes.eval.methods import (
     Method,
     MethodLike,
@@ -532,6 +533,10 @@ def evaluate(
             ``"reference"`` (each passage's ``target``; the metrics still measure top-1).
         seed: for the random baseline and for breaking ties in rankings.
         results: a JSONL file; rerunning with it skips (passage, method) pairs already done.
+            Under ``torchrun`` the passages are shared out among the processes, each
+            writing ``<results>.rank<r>.jsonl``; every process returns the whole evaluation
+            and rank 0 merges the files into ``results``
+            (:mod:`jacobian_scopes.eval.distributed`).
         internal_batch_size: rows per forward pass of the deletion and leave-one-out passes.
         verbose: show a progress bar.
 
@@ -572,12 +577,30 @@ def evaluate(
         "explain": explain,
         "seed": seed,
     }
-    store = ResultsStore(results, config)
-    runner = _Runner(model, method_list, metrics, settings, store, internal_batch_size)
-    bar = tqdm(passages, desc="faithfulness", unit="passage", disable=not verbose)
-    for passage in bar:
-        runner.run(passage, bar)
-    bar.close()
+
+    def run(store: ResultsStore, share: list[Passage]) -> None:
+        runner = _Runner(model, method_list, metrics, settings, store, internal_batch_size)
+        bar = tqdm(share, desc="faithfulness", unit="passage", disable=not verbose)
+        for passage in bar:
+            runner.run(passage, bar)
+        bar.close()
+
+    ranks = torchrun_ranks()
+    if ranks is None:
+        store = ResultsStore(results, config)
+        run(store, passages)
+        return _evaluation(store, passages, method_list, settings)
+    with process_group():
+        mine = ResultsStore(None if results is None else ranks.rank_file(results), config)
+        run(mine, ranks.shard(passages))
+        store = ResultsStore(None, config)
+        store.records = exchange(mine.records, ranks)
+        if ranks.rank == 0 and results is not None:
+            merged = ResultsStore(results, config)
+            for key, record in store.records.items():
+                if merged.get(*key) != record:
+                    merged.put(record)
+        barrier()
     return _evaluation(store, passages, method_list, settings)
 
 

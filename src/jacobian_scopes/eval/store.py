@@ -20,7 +20,8 @@ from jacobian_scopes.errors import ScopeInputError
 Key = tuple[str, str, str]
 
 
-def _key(record: dict[str, Any]) -> Key:
+def record_key(record: dict[str, Any]) -> Key:
+    """The key a record is stored under: (type, passage, name)."""
     return (str(record["type"]), str(record.get("passage", "")), str(record.get("name", "")))
 
 
@@ -71,7 +72,7 @@ class ResultsStore:
                     torn = True  # the last line of an interrupted run
                     continue
                 raise ScopeInputError(f"{self.path}:{i + 1} is not valid JSON") from None
-            self.records[_key(record)] = record
+            self.records[record_key(record)] = record
         old = self.records.get(("config", "", ""))
         if old is None:
             raise ScopeInputError(f"{self.path} has no config record; is it a results file?")
@@ -93,7 +94,7 @@ class ResultsStore:
 
     def put(self, record: dict[str, Any]) -> None:
         """Add or replace a record, appending it to the file at once (flushed and synced)."""
-        self.records[_key(record)] = record
+        self.records[record_key(record)] = record
         if self.path is None:
             return
         with self.path.open("a", encoding="utf-8") as f:
