@@ -120,3 +120,14 @@ def test_each_model_has_its_own_cache_folder(monkeypatch, tmp_path):
     assert gemma.name.startswith("gemma-3-270m-f32-") and len(built) == 2
     assert built[0].name == default_model.GGUF_FILE
     assert default_model.default_checkpoint("gemma-3-270m") == gemma and len(built) == 2
+
+
+def test_the_command_line_loads_gemma_by_its_name(monkeypatch):
+    from jacobian_scopes import models
+
+    calls = []
+    monkeypatch.setattr(
+        default_model, "load_default_model", lambda *a, **k: calls.append((a, k)) or "model"
+    )
+    assert models.load_model("gemma-3-270m") == "model"
+    assert calls == [(("gemma-3-270m",), {"device": None})]
