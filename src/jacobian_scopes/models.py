@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from jacobian_scopes.default_model import MODELS
 from jacobian_scopes.errors import ScopeInputError
 
 DEFAULT = "default"
@@ -26,7 +27,8 @@ def has_bridge() -> bool:
 def load_model(spec: str = DEFAULT, device: str | None = None) -> Any:
     """A TransformerLens model from ``spec``.
 
-    * ``"default"``: SmolLM2-135M-Instruct, offline (:func:`load_default_model`).
+    * ``"default"``: SmolLM2-135M-Instruct, offline (:func:`load_default_model`); the
+      other embedded model by its name, ``"gemma-3-270m"`` (``jacobian-scopes[gemma]``).
     * an existing directory: a Hugging Face checkpoint (``config.json``, weights, tokenizer)
       loaded with ``AutoModelForCausalLM``/``AutoTokenizer`` from disk only and wrapped in a
       ``TransformerBridge`` (TransformerLens ≥ 3; on 2.x, Llama models become a
@@ -46,6 +48,10 @@ def load_model(spec: str = DEFAULT, device: str | None = None) -> Any:
         from jacobian_scopes.default_model import load_default_model
 
         return load_default_model(device=device)
+    if spec.lower() in MODELS:
+        from jacobian_scopes.default_model import load_default_model
+
+        return load_default_model(spec, device=device)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_local(path, device)
