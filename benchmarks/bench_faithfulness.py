@@ -2,11 +2,13 @@
 
     python benchmarks/bench_faithfulness.py --limit 200            # the full benchmark
     python benchmarks/bench_faithfulness.py --limit 5 --metrics aopc   # a quick look
+    python benchmarks/bench_faithfulness.py --limit 12 --protocol paper  # the authors' protocol
 
-Runs deletion AOPC (the paper's protocol), ERASER comprehensiveness/sufficiency and the
+Runs deletion AOPC (the paper's metric; --protocol default or paper, see
+jacobian_scopes.eval.evaluate), ERASER comprehensiveness/sufficiency and the
 Spearman agreement with leave-one-out KL for the three scopes, the baselines and a random
 order (see jacobian_scopes.evaluate), and optionally the cascading randomisation check.
-Writes to --out (default reports/faithfulness/):
+Writes to --out (default reports/faithfulness/, or reports/faithfulness-paper/):
 
 * results.jsonl: every per-passage number, appended as it is computed. Rerunning the same
   command resumes: finished (passage, method) pairs are skipped, so the run can be stopped
@@ -151,7 +153,15 @@ def main() -> None:
     )
     ap.add_argument("--data", type=Path, default=DATA, help="relative to the repository root")
     ap.add_argument("--limit", type=int, default=None, help="first N passages (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("reports/faithfulness"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--protocol",
+        choices=evaluate.PROTOCOLS,
+        default="default",
+        help="default: the passage without its last word, BOS kept and never deleted, the "
+        "top-1 after it explained; paper: the authors' script (whole passage, no BOS, its last "
+        "token explained at T-2, all T tokens ranked)",
+    )
     ap.add_argument("--metrics", nargs="+", default=list(evaluate.METRICS))
     ap.add_argument("--methods", nargs="+", default=None, help="subset of method names")
     ap.add_argument("--ig-steps", type=int, default=16)
@@ -164,11 +174,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    if args.protocol == "paper" and args.include_bos:
+        ap.error("--include-bos is for --protocol default (the paper's passages have no BOS)")
+    if args.out is None:
+        suffix = "" if args.protocol == "default" else f"-{args.protocol}"
+        args.out = Path(f"reports/faithfulness{suffix}")
 
     data = args.data if args.data.is_absolute() else REPO / args.data
     out = args.out if args.out.is_absolute() else REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
-    passages = load_lambada(data, limit=args.limit)
+    passages = load_lambada(data, limit=args.limit, whole=args.protocol == "paper")
     total = len(load_lambada(data))
     methods = default_methods(
         ig_steps=args.ig_steps,
@@ -189,7 +204,8 @@ def main() -> None:
         passages,
         methods,
         metrics=args.metrics,
-        include_bos=args.include_bos,
+        protocol=args.protocol,
+        include_bos=args.include_bos if args.protocol == "default" else None,
         seed=args.seed,
         results=out / "results.jsonl",
         internal_batch_size=args.batch_size,
@@ -223,6 +239,7 @@ def main() -> None:
         "model": HF_NAME,
         "methods": ev.methods,
         "metrics": ev.metrics(),
+        "protocol": args.protocol,
         "include_bos": args.include_bos,
         "ig_steps": args.ig_steps,
         "seconds_per_passage": per_passage,
@@ -234,9 +251,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    how = {
+        "default": f"protocol default (BOS {'ranked' if args.include_bos else 'never deleted'})",
+        "paper": "protocol paper (whole passage, no BOS, its last token explained)",
+    }[args.protocol]
     header = (
         f"SmolLM2-135M-Instruct, LAMBADA (`{args.data}`), n = {len(ev.passages)} passages; "
-        f"BOS {'ranked' if args.include_bos else 'never deleted'}; 95% bootstrap intervals.\n"
+        f"{how}; 95% bootstrap intervals.\n"
         f"Command: `{meta['command']}`\n"
     )
     (out / "summary.md").write_text(header + "\n" + md + "\n")

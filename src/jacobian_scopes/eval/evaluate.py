@@ -1,13 +1,22 @@
 """Is an attribution faithful? Deletion AOPC, ERASER metrics and leave-one-out agreement.
 
-For every passage the model's original top-1 next token ``y`` at the last prompt position
-is the measured quantity (as in the Jacobian Scopes paper); each method ranks the prompt's
-tokens (BOS excluded unless ``include_bos=True``: deleting the attention sink is a different
-experiment), and deletion means setting a token's *input embedding* to zero while it stays
-attended.
+For every passage the model's original top-1 next token ``y`` at the explained position is
+the measured quantity (as in the Jacobian Scopes paper); each method ranks the tokens, and
+deletion means setting a token's *input embedding* to zero while it stays attended. Two
+protocols say what a passage is and which prediction is explained:
 
-* **Deletion AOPC** (the paper's protocol): delete the top 5%, 10%, 20% of the tokens (at
-  least one; ``floor(f·n)`` as the authors' code), record ``Δ = log p(y | deleted) −
+* ``protocol="default"``: the prompt as given (a string gets the model's BOS); the
+  prediction after its last token is explained (the model's top-1 unless
+  ``explain="reference"``); the tokens are ranked without BOS (unless ``include_bos=True``:
+  deleting the attention sink is a different experiment) and ``n`` counts the ranked tokens.
+* ``protocol="paper"``: the authors' script exactly. A prompt is the *whole* passage,
+  tokenised without BOS (``T`` tokens); the prediction at ``T − 2`` is explained, i.e. the
+  passage's last token (the last piece of the final word when it has several), and methods
+  that take a target explain that token; all ``T`` tokens are ranked (the last one scores 0:
+  it cannot affect the prediction before it) and ``n = T``.
+
+* **Deletion AOPC** (the paper's metric): delete the top 5%, 10%, 20% of the ``n`` ranked
+  tokens (at least one; ``floor(f·n)`` as the authors' code), record ``Δ = log p(y | deleted) −
   log p(y)``, and take the trapezoid area of Δ over the fractions. More negative = more
   faithful. (The paper's Llama-3.2-1B figures are on this scale: random −0.261, Fisher
   −1.320.)
@@ -74,7 +83,9 @@ DELETION_FRACTIONS = (0.05, 0.1, 0.2)
 ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
 Metric = Literal["aopc", "eraser", "loo"]
 Explain = Literal["top1", "reference"]
+Protocol = Literal["default", "paper"]
 METRICS: tuple[str, ...] = get_args(Metric)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 # Which way is better, for tables and plots.
 HIGHER_IS_BETTER = {
     "aopc": False,
@@ -98,8 +109,13 @@ class Settings:
     include_bos: bool = False
     explain: Explain = "top1"
     seed: int = 0
+    protocol: Protocol = "default"
 
     def check(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ScopeInputError(
+                f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}"
+            )
         for name, values in (("fractions", self.fractions), ("eraser_bins", self.eraser_bins)):
             if not values or any(not 0 < f <= 1 for f in values):
                 raise ScopeInputError(f"{name} must be fractions in (0, 1], got {values}")
@@ -287,9 +303,24 @@ class _Runner:
         if not todo and self.store.get("passage", key) is not None:
             return
         adapter = self.adapter
-        tokens = resolve_tokens(adapter, passage.prompt)
+        paper = self.s.protocol == "paper"
+        if paper:
+            if passage.target is not None:
+                raise ScopeInputError(
+                    f"protocol='paper' explains each passage's own last token, but passage "
+                    f"{key} has a separate target: give whole passages (for LAMBADA, "
+                    "load_lambada(whole=True))"
+                )
+            # Strings without BOS, as the authors' add_special_tokens=False; ids as given.
+            tokens = resolve_tokens(adapter, passage.prompt, prepend_bos=False)
+            if tokens.shape[1] < 2:
+                raise ScopeInputError(
+                    f"protocol='paper' needs passages of at least 2 tokens; {key} has 1"
+                )
+        else:
+            tokens = resolve_tokens(adapter, passage.prompt)
         n = tokens.shape[1]
-        pos = n - 1
+        pos = n - 2 if paper else n - 1
         eligible = torch.arange(n)
         if not self.s.include_bos and perturb.starts_with_bos(self.model, tokens):
             eligible = eligible[1:]
@@ -299,13 +330,18 @@ class _Runner:
         base_logp = torch.log_softmax(base.double(), -1)
         measured = int(base.argmax())  # the metrics always measure the original top-1
         reference = None
-        if passage.target is not None:  # a reference answer's first token
+        if paper:
+            reference = int(tokens[0, n - 1])  # the passage's last token
+        elif passage.target is not None:  # a reference answer's first token
             reference = resolve_target(adapter, passage.target, what="reference target")[0]
         explained = measured
         if self.s.explain == "reference":
             if reference is None:
                 raise ScopeInputError(f"explain='reference' but passage {key} has no target")
             explained = reference
+        # What the methods see: the tokens up to the explained position, whose last
+        # prediction is the one explained (under "paper", the passage without its last token).
+        context = tokens[:, : pos + 1]
 
         # Leave-one-out rows: the LOO reference, and the occlusion method, share them.
         loo_drop = None
@@ -318,8 +354,9 @@ class _Runner:
             logits = baselines.occlusion_logits(
                 adapter, tokens, pos, internal_batch_size=self.internal_batch_size
             )
-            loo_kl = baselines.occlusion_effects(logits, None, "kl")
-            loo_drop = baselines.occlusion_effects(logits, explained, "logprob")
+            # Tokens after the explained position cannot change it: their effects are 0.
+            loo_kl = _pad(baselines.occlusion_effects(logits, None, "kl"), n)
+            loo_drop = _pad(baselines.occlusion_effects(logits, explained, "logprob"), n)
             ref = {
                 "type": "reference",
                 "passage": key,
@@ -343,9 +380,12 @@ class _Runner:
                 outs = {method.name: (loo_drop.cpu(), {})}
                 seconds = float(ref["seconds"])
             else:
-                outs = method_scores(method, self.model, tokens, explained)
+                # A method that explains no position (random) ranks every token as given.
+                given = tokens if method.ignores_position else context
+                outs = method_scores(method, self.model, given, explained)
                 seconds = time.perf_counter() - t0
             for name, (scores, info) in outs.items():
+                scores = _pad(scores, n)
                 records[name] = {
                     "type": "method",
                     "passage": key,
@@ -370,6 +410,7 @@ class _Runner:
                 "passage": key,
                 "n_tokens": n,
                 "n_ranked": len(eligible),
+                "position": pos,
                 "target": measured,
                 "target_token": adapter.to_str_tokens(torch.tensor([measured]))[0],
                 "explained": explained,
@@ -455,6 +496,15 @@ class _Runner:
                 rec["sufficiency"] = suff
 
 
+def _pad(scores: Tensor, n: int) -> Tensor:
+    """Scores of the first tokens, extended with zeros to ``n`` tokens: the tokens after the
+    explained position, which a causal model's prediction there cannot depend on."""
+    scores = scores.detach().reshape(-1).cpu()
+    if len(scores) >= n:
+        return scores
+    return torch.cat([scores, scores.new_zeros(n - len(scores))])
+
+
 def _evaluation(
     store: ResultsStore, passages: list[Passage], methods: list[Method], settings: Settings
 ) -> Evaluation:
@@ -508,8 +558,9 @@ def evaluate(
     metrics: Sequence[str] = METRICS,
     fractions: Sequence[float] = DELETION_FRACTIONS,
     eraser_bins: Sequence[float] = ERASER_BINS,
-    include_bos: bool = False,
-    explain: Explain = "top1",
+    protocol: Protocol = "default",
+    include_bos: bool | None = None,
+    explain: Explain | None = None,
     random_baseline: bool = True,
     seed: int = 0,
     results: str | Path | None = None,
@@ -527,10 +578,17 @@ def evaluate(
             unless ``random_baseline=False`` or one named ``"random"`` is given.
         metrics: any of ``"aopc"``, ``"eraser"``, ``"loo"``.
         fractions: deletion fractions of the AOPC. eraser_bins: ERASER's bins.
-        include_bos: rank (and delete) BOS like any token. Off by default: zeroing the
-            attention sink measures something else than the passage's content.
-        explain: what the methods explain: ``"top1"`` (the measured token) or
-            ``"reference"`` (each passage's ``target``; the metrics still measure top-1).
+        protocol: ``"default"`` or ``"paper"`` (the authors' AOPC script: each prompt is
+            a whole passage, tokenised without BOS; the prediction of its last token, at
+            position ``T − 2``, is explained; all ``T`` tokens are ranked and
+            ``max(1, int(T·f))`` deleted). See the module docstring. The protocol is
+            recorded in ``results``, and a file is only resumed under its own protocol.
+        include_bos: rank (and delete) BOS like any token (``"default"`` only). Off by
+            default: zeroing the attention sink measures something else than the passage's
+            content.
+        explain: what the methods explain (``"default"`` only): ``"top1"`` (the measured
+            token, the default) or ``"reference"`` (each passage's ``target``; the metrics
+            still measure top-1). ``"paper"`` explains each passage's last token.
         seed: for the random baseline and for breaking ties in rankings.
         results: a JSONL file; rerunning with it skips (passage, method) pairs already done.
             Under ``torchrun`` the passages are shared out among the processes, each
@@ -552,7 +610,19 @@ def evaluate(
         random    1 -0.70               0.74          -0.5
         semantic  1 -0.21               0.60          -0.2
     """
-    settings = Settings(tuple(fractions), tuple(eraser_bins), include_bos, explain, seed)
+    if protocol not in PROTOCOLS:
+        raise ScopeInputError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "paper":
+        if include_bos is not None or explain is not None:
+            raise ScopeInputError(
+                "protocol='paper' fixes include_bos and explain (no BOS, every token ranked, "
+                "the passage's last token explained); leave them unset"
+            )
+        # Every token is ranked; the explained token is the passage's own last one.
+        include_bos, explain = True, "reference"
+    include_bos = bool(include_bos)
+    explain = "top1" if explain is None else explain
+    settings = Settings(tuple(fractions), tuple(eraser_bins), include_bos, explain, seed, protocol)
     settings.check()
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
@@ -569,6 +639,7 @@ def evaluate(
     adapter = ModelAdapter(model)
     config = {
         "version": 1,
+        "protocol": protocol,
         "model": adapter.name,
         "d_vocab": adapter.d_vocab,
         "fractions": list(settings.fractions),
@@ -585,18 +656,22 @@ def evaluate(
             runner.run(passage, bar)
         bar.close()
 
+    # Files written before protocols existed were written under the default one.
+    assumed = {"protocol": "default"}
     ranks = torchrun_ranks()
     if ranks is None:
-        store = ResultsStore(results, config)
+        store = ResultsStore(results, config, assumed=assumed)
         run(store, passages)
         return _evaluation(store, passages, method_list, settings)
     with process_group():
-        mine = ResultsStore(None if results is None else ranks.rank_file(results), config)
+        mine = ResultsStore(
+            None if results is None else ranks.rank_file(results), config, assumed=assumed
+        )
         run(mine, ranks.shard(passages))
         store = ResultsStore(None, config)
         store.records = exchange(mine.records, ranks)
         if ranks.rank == 0 and results is not None:
-            merged = ResultsStore(results, config)
+            merged = ResultsStore(results, config, assumed=assumed)
             for key, record in store.records.items():
                 if merged.get(*key) != record:
                     merged.put(record)
@@ -612,7 +687,7 @@ def aopc(
     fractions: Sequence[float] = DELETION_FRACTIONS,
     **kwargs: Any,
 ) -> Evaluation:
-    """Deletion AOPC only (see :func:`evaluate` for the arguments).
+    """Deletion AOPC only (see :func:`evaluate` for the arguments, ``protocol`` among them).
 
     Example:
         >>> import jacobian_scopes as js

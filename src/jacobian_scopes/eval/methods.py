@@ -38,7 +38,11 @@ class Method:
     marks a method whose scores are exactly the leave-one-out drop of log p(target) with
     the embedding zeroed: the evaluation computes those rows anyway for its LOO reference,
     so it reuses them instead of calling ``fn`` (which stays the standalone definition).
-    The name identifies the method in a results file: rename it when you change it.
+    ``ignores_position=True`` marks scores that explain no prediction (a random order): the
+    evaluation then gives ``fn`` every token of the passage, even those after the explained
+    position (under ``protocol="paper"``, the passage's last token), so that all of them
+    can be drawn, as in the authors' random deletion. The name identifies the method in a
+    results file: rename it when you change it.
 
     Example:
         >>> import torch
@@ -52,6 +56,7 @@ class Method:
     fn: ScoreFn
     variants: tuple[str, ...] = ()
     leave_one_out: bool = False
+    ignores_position: bool = False
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -121,7 +126,7 @@ def random_method(seed: int = 0, name: str = "random") -> Method:
         g = torch.Generator().manual_seed((seed * 1_000_003 + key) % (2**63))
         return torch.rand(tokens.shape[-1], generator=g)
 
-    return Method(name, fn)
+    return Method(name, fn, ignores_position=True)
 
 
 def _one(result: ScopeResult | ScopeResults) -> ScopeResult:

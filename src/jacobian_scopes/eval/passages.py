@@ -98,9 +98,13 @@ def split_last_word(text: str) -> tuple[str, str]:
 LAMBADA_200 = Path(__file__).with_name("data") / "lambada_200.json"
 
 
-def load_lambada(path: str | Path = LAMBADA_200, limit: int | None = None) -> list[Passage]:
+def load_lambada(
+    path: str | Path = LAMBADA_200, limit: int | None = None, *, whole: bool = False
+) -> list[Passage]:
     """LAMBADA passages from a JSON list of ``{"text": ...}``: the prompt is the passage
     without its last word; the reference target is that word (its first token is used).
+    ``whole=True``: the prompt is the whole passage and there is no target, as
+    ``protocol="paper"`` of :func:`~jacobian_scopes.eval.evaluate.evaluate` takes them.
     By default the 200 passages shipped with the package (:data:`LAMBADA_200`).
 
     Example:
@@ -111,6 +115,8 @@ def load_lambada(path: str | Path = LAMBADA_200, limit: int | None = None) -> li
         >>> passages = load_lambada("lambada.json", limit=5)
         >>> passages[0].prompt, passages[0].target
         ('He looked at her and said', ' hello')
+        >>> load_lambada("lambada.json", whole=True)[0].prompt
+        'He looked at her and said hello'
     """
     path = Path(path)
     if not path.exists():
@@ -124,6 +130,9 @@ def load_lambada(path: str | Path = LAMBADA_200, limit: int | None = None) -> li
         entries = entries[:limit]
     out = []
     for i, e in enumerate(entries):
+        if whole:
+            out.append(Passage(e["text"], None, f"{i}:{_digest(e['text'])}"))
+            continue
         prompt, word = split_last_word(e["text"])
         out.append(Passage(prompt, word, f"{i}:{_digest(prompt)}"))
     return out

@@ -44,7 +44,14 @@ class ResultsStore:
         -0.1
     """
 
-    def __init__(self, path: str | Path | None, config: dict[str, Any]):
+    def __init__(
+        self,
+        path: str | Path | None,
+        config: dict[str, Any],
+        assumed: dict[str, Any] | None = None,
+    ):
+        # ``assumed``: values of settings that an older file's config does not record.
+        self.assumed = dict(assumed or {})
         self.path = None if path is None else Path(path)
         self.records: dict[Key, dict[str, Any]] = {}
         # Through JSON and back, so that what is compared on resume is what was written.
@@ -76,6 +83,7 @@ class ResultsStore:
         old = self.records.get(("config", "", ""))
         if old is None:
             raise ScopeInputError(f"{self.path} has no config record; is it a results file?")
+        old = {**self.assumed, **old}
         differ = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if differ:
             details = "; ".join(f"{k}: file {old.get(k)!r}, now {config.get(k)!r}" for k in differ)
