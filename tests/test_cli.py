@@ -155,6 +155,9 @@ BEFORE_LOAD = {
     "out is a directory": (["generate", "--prompt", "w1", "--out", "DIR.json"], "is a directory"),
     "bad position": (["attribute", "--prompt", "w1", "--position", "x"], "invalid int value"),
     "bad scope": (["attribute", "--prompt", "w1", "--scope", "bogus"], "invalid choice"),
+    "no passages": (["evaluate", "--passages", "0"], "--passages must be at least 1"),
+    "bad protocol": (["evaluate", "--protocol", "bogus"], "invalid choice"),
+    "missing passages": (["evaluate", "--data", "nope.json"], "cannot read passages"),
 }
 
 
@@ -309,3 +312,25 @@ def test_word_rank_finds_a_word_split_into_tokens():
     assert demo.word_rank(r, "lentille") == (2, " lent")  # ' English' 5 > ' lent' 3
     assert demo.word_rank(r, "English") == (1, " English")
     assert demo.word_rank(r, "Zuschreibung") is None
+
+
+def test_evaluate_prints_and_writes_the_library_s_summary(tiny_loaded, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from jacobian_scopes.eval.evaluate import evaluate
+    from jacobian_scopes.eval.passages import load_lambada
+
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps([{"text": "w1 w5 w9 w2 w7 w3"}, {"text": "w8 w4 w6 w2 w11"}]))
+    csv = tmp_path / "summary.csv"
+    code, out, err = run(
+        ["evaluate", "--data", data, "--methods", "semantic", "--csv", csv, "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert "faithfulness · 2 passages" in out and "semantic" in out
+    expected = evaluate(tiny_loaded, load_lambada(data), ["semantic"], verbose=False).summary()
+    written = pd.read_csv(csv, index_col=0)
+    assert list(written.index) == list(expected.index) == ["random", "semantic"]
+    assert written["aopc"].tolist() == pytest.approx(expected["aopc"].tolist(), rel=1e-6)

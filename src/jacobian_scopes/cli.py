@@ -1,4 +1,5 @@
-"""The ``jacobian-scopes`` command line: ``demo``, ``attribute``, ``generate`` and ``explore``.
+"""The ``jacobian-scopes`` command line: ``demo``, ``attribute``, ``generate``, ``explore``
+and ``evaluate``.
 
 Each command loads a model (:mod:`jacobian_scopes.models`), runs the library's public
 functions, prints a summary with rich and writes what ``--out`` names, the format taken
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jacobian_scopes.app import add_explore_command
 
     add_explore_command(sub, _model)
+    from jacobian_scopes.eval.command import add_evaluate_command
+
+    add_evaluate_command(sub, _model)
     return parser
 
 
@@ -434,11 +438,18 @@ def cmd_explore(args: argparse.Namespace, console: Console) -> int:
     return run_explore(args, console)
 
 
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from jacobian_scopes.eval.command import run_evaluate
+
+    return run_evaluate(args, console, _load)
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "attribute": cmd_attribute,
     "generate": cmd_generate,
     "explore": cmd_explore,
+    "evaluate": cmd_evaluate,
 }
 
 
