@@ -65,6 +65,10 @@ def _run(tests: list[doctest.DocTest], name: str) -> None:
 def test_modules_found():
     # The walk must reach the subpackages, or a whole subpackage would go untested.
     assert {"jacobian_scopes.eval.evaluate", "jacobian_scopes.viz.maps"} <= set(MODULES)
+    # The patching package's modules (one concern each) are walked like any other.
+    patching = {"activation", "attribution", "comparison", "prepare", "result"}
+    assert {f"jacobian_scopes.patching.{m}" for m in patching} <= set(REAL)
+    assert "jacobian_scopes.viz.patching" in REAL
     assert "jacobian_scopes.__main__" not in MODULES
     # Examples that load the model must get the session's model, not load their own.
     assert {"jacobian_scopes.cli", "jacobian_scopes.models", "jacobian_scopes.scopes"} <= set(REAL)

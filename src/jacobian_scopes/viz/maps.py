@@ -417,7 +417,6 @@ def patching_map(
         >>> patching_map(ap).save_html("patching.html")
         PosixPath('patching.html')
     """
-    values = result.values.detach().float().cpu()
     per_head = result.score_axes == ("layer", "head", "token")
     if heads is None:
         heads = per_head
@@ -425,57 +424,74 @@ def patching_map(
         raise ValueError("a layer × head map needs a result patched with sources='z'")
     kind = "Activation patching" if result.kind == "activation" else "Attribution patching"
     what = f"{kind} ({result.direction}) · {result.metric}"
-    if per_head and heads:
-        grid = values[:, :, 1:].sum(-1) if result.bos else values.sum(-1)
-        rows = [f"L{i}" for i in range(grid.shape[0])]
-        return MapView(
-            values=grid.tolist(),
-            rows=rows,
-            cols=[f"H{h}" for h in range(grid.shape[1])],
+    if heads:
+        return grid_map(
+            result.values,
+            result,
             title=title or f"{what} · layer × head",
-            meta="summed over positions",
-            col_kind="head",
             signed=True,
             normalize=normalize,
+            heads=True,
+            meta="summed over positions",
             label="metric",
         )
-    grid = values.sum(1) if per_head else values
-    rows = [
-        short_label(s).split(" ")[0] if per_head else short_label(s) for s in result.source_labels
-    ]
-    return MapView(
-        values=grid.tolist(),
-        rows=rows,
-        cols=list(result.str_tokens),
+    return grid_map(
+        result.values,
+        result,
         title=title or f"{what} · layer × token",
-        meta=("heads summed; " if per_head else "")
-        + f"clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}",
-        bos=result.bos,
-        positions=[result.position],
         signed=True,
         normalize=normalize,
+        meta=("heads summed; " if per_head else "")
+        + f"clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}",
         label="metric" if result.kind == "activation" else "estimate",
     )
 
 
-def _as_map(
-    grid: Tensor, like: Any, title: str, *, signed: bool, normalize: str, heads: bool
+def grid_map(
+    grid: Tensor,
+    like: Any,
+    title: str,
+    *,
+    signed: bool,
+    normalize: str = "row",
+    heads: bool = False,
+    meta: str | None = None,
+    label: str = "score",
 ) -> MapView:
+    """A map of any values laid out like a patching result ``like`` (rows named by its
+    ``source_labels``, columns by its tokens): (source, token), or (layer, head, token) for
+    per-head results, drawn layer × token (heads combined) or, with ``heads=True``, layer ×
+    head (positions combined, BOS left out). Signed values add; norms combine as the root
+    of the sum of squares.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.patching import attribution_patching
+        >>> from jacobian_scopes.viz.maps import grid_map
+        >>> model = js.load_default_model()
+        >>> at = attribution_patching(model, "Alice met Bob. Bob thanked",
+        ...                           "Bob met Alice. Alice thanked", sources="z")
+        >>> m = grid_map(at.values.abs(), at, "|estimate|", signed=False, heads=True)
+        >>> len(m.rows), len(m.cols), m.cols[0]
+        (30, 9, 'H0')
+    """
+    grid = grid.detach().float().cpu()
     per_head = like.score_axes == ("layer", "head", "token")
-    if per_head and heads:
-        g = grid[:, :, 1:] if like.bos else grid
-        g = g.sum(-1) if signed else g.pow(2).sum(-1).sqrt()
+    if heads and per_head:
+        g = _combine(grid[:, :, 1:] if like.bos else grid, -1, False, signed)
         return MapView(
             values=g.tolist(),
             rows=[f"L{i}" for i in range(g.shape[0])],
             cols=[f"H{h}" for h in range(g.shape[1])],
             title=title,
+            meta=meta,
             col_kind="head",
             signed=signed,
             normalize=normalize,
+            label=label,
         )
     if per_head:
-        grid = grid.sum(1) if signed else grid.pow(2).sum(1).sqrt()
+        grid = _combine(grid, 1, False, signed)
     rows = [
         short_label(s).split(" ")[0] if per_head else short_label(s) for s in like.source_labels
     ]
@@ -484,99 +500,12 @@ def _as_map(
         rows=rows,
         cols=list(like.str_tokens),
         title=title,
+        meta=meta,
         bos=like.bos,
         positions=[like.position],
         signed=signed,
         normalize=normalize,
-    )
-
-
-@dataclass
-class ComparisonView(View):
-    """The agreement table over the maps, drawn side by side."""
-
-    table: Any
-    views: list[MapView]
-    title: str | None = None
-    meta: str | None = None
-
-    def render(self, page: Page) -> str:
-        parts = ['<div class="jsv-patching">']
-        if self.title:
-            parts.append(f"<h3>{escape_text(self.title)}</h3>")
-        if self.meta:
-            parts.append(f'<div class="jsv-meta">{escape_text(self.meta)}</div>')
-        cols = list(self.table.columns)
-        head = "".join(f"<th>{escape_text(str(c))}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape_text(_cell(v))}</td>" for v in row) + "</tr>"
-            for row in self.table.itertuples(index=False)
-        )
-        parts.append(
-            f'<table class="jsv-agree"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        )
-        parts.append('<div class="jsv-side">')
-        parts.extend(f'<div class="jsv-cell">{v.render(page)}</div>' for v in self.views)
-        parts.append("</div></div>")
-        return "\n".join(parts)
-
-    def __rich__(self) -> Any:
-        from rich.console import Group
-        from rich.table import Table
-
-        t = Table(title=safe_text(self.title or ""))
-        for c in self.table.columns:
-            t.add_column(str(c))
-        for row in self.table.itertuples(index=False):
-            t.add_row(*(safe_text(_cell(v)) for v in row))
-        return Group(t, *(v.__rich__() for v in self.views))
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def comparison_view(
-    comparison: Any, *, normalize: str = "row", heads: bool | None = None
-) -> ComparisonView:
-    """The maps of :func:`jacobian_scopes.patching.compare` side by side, each on a scale
-    that fits it: the scope's norm map and first-order map on ``normalize`` (default
-    ``"row"``), both patching maps on one signed global scale (they share the metric's
-    unit), and the agreement table above them.
-
-    Example:
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.patching import compare
-        >>> model = js.load_default_model()
-        >>> c = compare(model, "Alice met Bob. Bob thanked", "Bob met Alice. Alice thanked",
-        ...             " Alice", " Bob")
-        >>> view = c.view()
-    """
-    ap = comparison.activation
-    per_head = ap.score_axes == ("layer", "head", "token")
-    if heads is None:
-        heads = False
-    views = []
-    for name, grid in comparison.maps.items():
-        patch = name.endswith("patching")
-        views.append(
-            _as_map(
-                grid,
-                ap,
-                name,
-                signed=comparison.signed[name],
-                normalize="global" if patch else normalize,
-                heads=heads and per_head,
-            )
-        )
-    meta = (
-        f"clean {''.join(ap.str_tokens[1:] if ap.bos else ap.str_tokens)!r} · corrupt "
-        f"{''.join(ap.corrupt_str_tokens[1:] if ap.bos else ap.corrupt_str_tokens)!r} · "
-        f"{ap.metric}; agreement with activation patching over positions ≤ {ap.position}"
-        + (", BOS left out" if ap.bos else "")
-    )
-    return ComparisonView(
-        table=comparison.table, views=views, title="Scope and patching, side by side", meta=meta
+        label=label,
     )
 
 
