@@ -32,6 +32,8 @@ class PatchingResult:
     rows named by ``source_labels`` as in a scope result. ``clean_value`` and
     ``corrupt_value`` are the metric on the two unpatched runs (0 and 1 for the default,
     normalised metric); ``raw_clean`` and ``raw_corrupt`` the logit differences behind it.
+    ``byte_pieces`` are the clean tokens' raw pieces where characters were merged, as in
+    :class:`~jacobian_scopes.results.ScopeResult`.
 
     Example:
         >>> import jacobian_scopes as js
@@ -64,6 +66,7 @@ class PatchingResult:
     raw_clean: float | None = None
     raw_corrupt: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    byte_pieces: list[str] | None = None
 
     @property
     def positions(self) -> list[int]:
@@ -211,4 +214,5 @@ def make_result(
         raw_clean=s.raw_clean,
         raw_corrupt=s.raw_corrupt,
         params={**s.params, **params},
+        byte_pieces=s.adapter.byte_pieces(tokens),
     )

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.text import piece_note
 from jacobian_scopes.viz.page import Page, View, escape_attr, escape_text
 from jacobian_scopes.viz.terminal import _BLUE, _MAGENTA, _mix, safe_text
 from jacobian_scopes.viz.tokens import describe, format_value, show_token
@@ -92,6 +93,7 @@ class MapView(View):
     signed: bool = False
     normalize: str = "row"
     label: str = "score"
+    byte_pieces: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.values) != len(self.rows) or any(len(r) != len(self.cols) for r in self.values):
@@ -130,6 +132,13 @@ class MapView(View):
         grid = torch.tensor(self.values, dtype=torch.float64).reshape(len(self.rows), -1)
         return normalized(grid, self.normalize, signed=self.signed, left_out=self.left_out).tolist()
 
+    def col_note(self, j: int) -> str | None:
+        """What the model saw in token column ``j`` when it is part of a character merged
+        over several tokens (see :func:`jacobian_scopes.text.piece_note`)."""
+        if self.col_kind != "token":
+            return None
+        return piece_note(self.cols, self.byte_pieces, j)
+
     def colour(self, t: float) -> str:
         return _mix(_MAGENTA if t < 0 else _BLUE, abs(t))
 
@@ -157,8 +166,11 @@ class MapView(View):
         rank = {(i, j): r for r, (_, i, j) in enumerate(kept, start=1)}
         tint = self.intensities()
         scales = self.row_scales()
+        notes = [self.col_note(j) for j in range(len(self.cols))]
         head = "".join(
-            f"<th{' class=jsv-pos' if j in self.positions else ''}>{escape_text(safe_text(c))}</th>"
+            f"<th{' class=jsv-pos' if j in self.positions else ''}"
+            + (f' title="{escape_attr(notes[j] or "")}"' if notes[j] else "")
+            + f">{escape_text(safe_text(c))}</th>"
             for j, c in enumerate(self.cols)
         )
         body = []
@@ -171,6 +183,8 @@ class MapView(View):
                 )
                 if (i, j) in rank:
                     what += f" · rank {rank[(i, j)]} of {len(kept)}"
+                if notes[j]:
+                    what += f" · {notes[j]}"
                 if j == self.left_out:
                     style = "background: repeating-linear-gradient(45deg,#eee 0 3px,#fff 3px 6px)"
                     what += " · left out of the colour scale"
@@ -300,6 +314,7 @@ def layer_token_map(
         signed=signed,
         normalize=normalize,
         label="first-order" if signed else "score",
+        byte_pieces=result.byte_pieces,
     )
 
 
@@ -506,6 +521,7 @@ def grid_map(
         signed=signed,
         normalize=normalize,
         label=label,
+        byte_pieces=getattr(like, "byte_pieces", None),
     )
 
 
