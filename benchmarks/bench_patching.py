@@ -215,7 +215,7 @@ def measure_z(model, pair, bs: int, tl_z_layers: int):
     rows.append(
         {
             "method": f"TL get_act_patch_attn_head_out_by_pos (extrapolated from {tl_z_layers} "
-            f"layers; max |TL − ours| {err:.1e})",
+            f"layers; max abs difference from ours {err:.1e})",
             "cells": by_pos,
             "time_s": t_by_pos,
         }
