@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.text import merge_byte_pieces
+from jacobian_scopes.text import merge_byte_pieces, merged_raw_pieces
 
 EMBED_HOOK = "hook_embed"
 
@@ -187,6 +187,22 @@ class ModelAdapter:
     def to_str_tokens(self, tokens: Int[Tensor, " pos"]) -> list[str]:
         if not self.has_tokenizer:
             return [f"<{int(t)}>" for t in tokens]
+        return self._pieces(tokens)[1]
+
+    def byte_pieces(self, tokens: Int[Tensor, " pos"]) -> list[str] | None:
+        """The tokenizer's own string of each token that :meth:`to_str_tokens` merged into a
+        multi-byte character ("" for the others); None when none was merged."""
+        if not self.has_tokenizer:
+            return None
+        pieces, merged = self._pieces(tokens)
+        if pieces == merged:
+            return None
+        ids = [int(t) for t in tokens.reshape(-1)]
+        raw = [str(r) for r in self.model.tokenizer.convert_ids_to_tokens(ids)]
+        return merged_raw_pieces(merged, pieces, raw)
+
+    def _pieces(self, tokens: Int[Tensor, " pos"]) -> tuple[list[str], list[str]]:
+        """Tokens decoded one by one, and with multi-byte characters merged."""
         out = [str(s) for s in self.model.to_str_tokens(tokens)]
         ids = [int(t) for t in tokens.reshape(-1)]
         tok = self.model.tokenizer
@@ -195,7 +211,7 @@ class ModelAdapter:
             return str(tok.decode(group, clean_up_tokenization_spaces=False))
 
         # Byte-level BPE splits some characters over tokens (each alone decodes to U+FFFD).
-        return merge_byte_pieces(out, ids, decode)
+        return out, merge_byte_pieces(out, ids, decode)
 
     # ------------------------------------------------------------ hook names
     @property

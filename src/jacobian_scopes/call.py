@@ -277,6 +277,7 @@ def build_result(
         scores=arranged,
         tokens=tokens[0].detach().cpu(),
         str_tokens=adapter.to_str_tokens(tokens[0].cpu()),
+        byte_pieces=adapter.byte_pieces(tokens[0].cpu()),
         position=positions[0],
         positions=positions,
         top_predictions=_predictions(adapter, logits[0, positions[0]].detach()),

@@ -388,6 +388,8 @@ def _invariants(obj: Any) -> str | None:
         n = obj.n_tokens
         if len(obj.str_tokens) != n:
             return f"{len(obj.str_tokens)} str_tokens for {n} tokens"
+        if obj.byte_pieces is not None and len(obj.byte_pieces) != n:
+            return f"{len(obj.byte_pieces)} byte_pieces for {n} tokens"
         if obj.scores.dim() == 0 or obj.scores.shape[-1] != n:
             return f"scores of shape {list(obj.scores.shape)} for {n} tokens"
         if len(obj.score_axes) != obj.scores.dim():

@@ -126,6 +126,11 @@ class ScopeResult:
     nonlinearity), which is why a layer × token map shows where influence *passes*, not a
     share of it.
 
+    ``str_tokens`` show a character that byte-level BPE split over several tokens once, on
+    the token that completes it (the tokens before it are ``""``); ``byte_pieces`` then holds
+    the tokenizer's own string of each of those tokens (``""`` for the others), so that views
+    can show what the model saw. It is None when no character was split.
+
     Example:
         >>> import jacobian_scopes as js
         >>> model = js.load_default_model()
@@ -153,6 +158,7 @@ class ScopeResult:
     vectors: Tensor | dict[str, Tensor] | None = None
     first_order: Tensor | None = None
     fisher: FisherDetails | None = None
+    byte_pieces: list[str] | None = None
 
     @property
     def n_tokens(self) -> int:

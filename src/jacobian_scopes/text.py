@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C])
@@ -104,3 +105,96 @@ def _piece_run(tokens: Sequence[str], i: int) -> tuple[int, int] | None:
     while first > 0 and tokens[first - 1] == "" and last - first < _MAX_PIECES - 1:
         first -= 1
     return (first, last) if first < last else None
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    # GPT-2's byte-level BPE writes each byte as one printable character (bytes_to_unicode):
+    # printable Latin-1 bytes as themselves, the others shifted to U+0100 onwards.
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = list(keep)
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+_BYTE_OF = _byte_level_alphabet()
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(raw: str) -> bytes | None:
+    """The bytes of one token, read from the tokenizer's own string for it
+    (``tokenizer.convert_ids_to_tokens``): byte-level BPE's printable byte alphabet
+    (GPT-2, Llama 3, SmolLM2) or a SentencePiece byte token ``<0xC3>``; None otherwise.
+
+    Example:
+        >>> from jacobian_scopes.text import token_bytes
+        >>> token_bytes("ĠÃ"), token_bytes("<0xBC>"), token_bytes("▁über")
+        (b' \\xc3', b'\\xbc', None)
+    """
+    m = _BYTE_TOKEN.fullmatch(raw)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    try:
+        return bytes(_BYTE_OF[ch] for ch in raw)
+    except KeyError:
+        return None
+
+
+def merged_raw_pieces(
+    merged: Sequence[str], pieces: Sequence[str], raw: Sequence[str]
+) -> list[str]:
+    """The tokenizer's own string (``raw``) of each token that :func:`merge_byte_pieces`
+    changed, ``""`` for the others: what a display needs to say what the model saw.
+
+    Example:
+        >>> from jacobian_scopes.text import merged_raw_pieces
+        >>> merged_raw_pieces(["a", "", "ü"], ["a", "\\ufffd", "\\ufffd"], ["a", "Ã", "¼"])
+        ['', 'Ã', '¼']
+    """
+    return [r if m != p else "" for m, p, r in zip(merged, pieces, raw, strict=True)]
+
+
+def piece_note(tokens: Sequence[str], raw: Sequence[str] | None, i: int) -> str | None:
+    """What the model saw at token ``i`` when it is part of a character merged over several
+    tokens (``raw`` as :func:`merged_raw_pieces` gives it): each token's bytes in hex, or
+    the tokenizer's strings when the bytes cannot be read from them. None for other tokens.
+
+    Example:
+        >>> from jacobian_scopes.text import piece_note
+        >>> tokens, raw = ["A", "", " ü", "ber"], ["", "ĠÃ", "¼", ""]
+        >>> piece_note(tokens, raw, 1)
+        'byte piece of the character shown on token #2 · bytes 20 C3'
+        >>> piece_note(tokens, raw, 2)
+        'merged from tokens #1–#2 · bytes 20 C3 | BC'
+        >>> piece_note(tokens, raw, 3) is None
+        True
+    """
+    if raw is None or len(raw) != len(tokens) or not 0 <= i < len(tokens) or not raw[i]:
+        return None
+    end = i
+    while end + 1 < len(tokens) and tokens[end] == "" and raw[end + 1]:
+        end += 1
+    start = i
+    while start > 0 and tokens[start - 1] == "" and raw[start - 1]:
+        start -= 1
+    group = range(start, end + 1)
+    got = [token_bytes(raw[k]) for k in group]
+    text = "".join(tokens[k] for k in group)
+    if (
+        all(b is not None for b in got)
+        and b"".join(b for b in got if b is not None).decode("utf-8", "replace") == text
+    ):
+        shown = [" ".join(f"{x:02X}" for x in b or b"") for b in got]
+        what = "bytes "
+    else:
+        shown = [repr(raw[k]) for k in group]
+        what = "tokens "
+    if i < end:
+        return f"byte piece of the character shown on token #{end} · {what}{shown[i - start]}"
+    if start == end:
+        return f"{what}{shown[0]}"
+    return f"merged from tokens #{start}–#{end} · {what}{' | '.join(shown)}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from jacobian_scopes.errors import ScopeInputError
 
-__all__ = ["add_evaluate_command", "run_evaluate"]
+__all__ = ["add_evaluate_command"]  # run_evaluate is the CLI's
 
 
 def add_evaluate_command(

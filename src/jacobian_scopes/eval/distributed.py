@@ -23,6 +23,8 @@ import torch.distributed as dist
 
 from jacobian_scopes.eval.store import Key, record_key
 
+__all__ = ["Ranks", "torchrun_ranks"]  # the rest is evaluate's machinery
+
 T = TypeVar("T")
 
 

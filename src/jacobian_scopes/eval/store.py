@@ -21,7 +21,13 @@ Key = tuple[str, str, str]
 
 
 def record_key(record: dict[str, Any]) -> Key:
-    """The key a record is stored under: (type, passage, name)."""
+    """The key a record is stored under: (type, passage, name).
+
+    Example:
+        >>> from jacobian_scopes.eval.store import record_key
+        >>> record_key({"type": "method", "passage": "0:ab", "name": "random", "aopc": -0.1})
+        ('method', '0:ab', 'random')
+    """
     return (str(record["type"]), str(record.get("passage", "")), str(record.get("name", "")))
 
 

@@ -8,6 +8,7 @@ One module per concern:
 * :mod:`~jacobian_scopes.viz.compare`: several results side by side;
 * :mod:`~jacobian_scopes.viz.attention`: a scope beside CircuitsVis attention heads;
 * :mod:`~jacobian_scopes.viz.maps`: layer × token and layer × head heat maps;
+* :mod:`~jacobian_scopes.viz.patching`: the scope and both patchings side by side;
 * :mod:`~jacobian_scopes.viz.report`: sections, figures, ``save_html``, notebooks, ``show``;
 * :mod:`~jacobian_scopes.viz.plots`: matplotlib figures, including the time series;
 * :mod:`~jacobian_scopes.viz.terminal`: the rich terminal view.

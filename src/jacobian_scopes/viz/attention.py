@@ -174,6 +174,7 @@ def beside_attention(
                 include_bos=include_bos,
                 positions=[p],
                 scale_max=(top if top > 0 else 1.0) if shared_scale else None,
+                byte_pieces=result.byte_pieces,
             )
         )
     how = "most similar to the scope" if auto else "chosen"

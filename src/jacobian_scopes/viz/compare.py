@@ -138,4 +138,5 @@ def _difference(
         bos=a.bos,
         include_bos=include_bos,
         positions=list(a.positions),
+        byte_pieces=a.byte_pieces,
     )

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jacobian_scopes.results import ScopeResult
+from jacobian_scopes.text import piece_note
 from jacobian_scopes.viz.page import Page, View, escape_attr, escape_text
 from jacobian_scopes.viz.terminal import _BLUE, _MAGENTA, _mix, safe_text
 from jacobian_scopes.viz.tokens import describe, format_value, show_token
@@ -101,6 +102,7 @@ class MapView(View):
     signed: bool = False
     normalize: str = "row"
     label: str = "score"
+    byte_pieces: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.values) != len(self.rows) or any(len(r) != len(self.cols) for r in self.values):
@@ -139,6 +141,13 @@ class MapView(View):
         grid = torch.tensor(self.values, dtype=torch.float64).reshape(len(self.rows), -1)
         return normalized(grid, self.normalize, signed=self.signed, left_out=self.left_out).tolist()
 
+    def col_note(self, j: int) -> str | None:
+        """What the model saw in token column ``j`` when it is part of a character merged
+        over several tokens (see :func:`jacobian_scopes.text.piece_note`)."""
+        if self.col_kind != "token":
+            return None
+        return piece_note(self.cols, self.byte_pieces, j)
+
     def colour(self, t: float) -> str:
         return _mix(_MAGENTA if t < 0 else _BLUE, abs(t))
 
@@ -166,8 +175,11 @@ class MapView(View):
         rank = {(i, j): r for r, (_, i, j) in enumerate(kept, start=1)}
         tint = self.intensities()
         scales = self.row_scales()
+        notes = [self.col_note(j) for j in range(len(self.cols))]
         head = "".join(
-            f"<th{' class=jsv-pos' if j in self.positions else ''}>{escape_text(safe_text(c))}</th>"
+            f"<th{' class=jsv-pos' if j in self.positions else ''}"
+            + (f' title="{escape_attr(notes[j] or "")}"' if notes[j] else "")
+            + f">{escape_text(safe_text(c))}</th>"
             for j, c in enumerate(self.cols)
         )
         body = []
@@ -180,6 +192,8 @@ class MapView(View):
                 )
                 if (i, j) in rank:
                     what += f" · rank {rank[(i, j)]} of {len(kept)}"
+                if notes[j]:
+                    what += f" · {notes[j]}"
                 if j == self.left_out:
                     style = "background: repeating-linear-gradient(45deg,#eee 0 3px,#fff 3px 6px)"
                     what += " · left out of the colour scale"
@@ -309,6 +323,7 @@ def layer_token_map(
         signed=signed,
         normalize=normalize,
         label="first-order" if signed else "score",
+        byte_pieces=result.byte_pieces,
     )
 
 
@@ -426,7 +441,6 @@ def patching_map(
         >>> patching_map(ap).save_html("patching.html")
         PosixPath('patching.html')
     """
-    values = result.values.detach().float().cpu()
     per_head = result.score_axes == ("layer", "head", "token")
     if heads is None:
         heads = per_head
@@ -434,57 +448,74 @@ def patching_map(
         raise ValueError("a layer × head map needs a result patched with sources='z'")
     kind = "Activation patching" if result.kind == "activation" else "Attribution patching"
     what = f"{kind} ({result.direction}) · {result.metric}"
-    if per_head and heads:
-        grid = values[:, :, 1:].sum(-1) if result.bos else values.sum(-1)
-        rows = [f"L{i}" for i in range(grid.shape[0])]
-        return MapView(
-            values=grid.tolist(),
-            rows=rows,
-            cols=[f"H{h}" for h in range(grid.shape[1])],
+    if heads:
+        return grid_map(
+            result.values,
+            result,
             title=title or f"{what} · layer × head",
-            meta="summed over positions",
-            col_kind="head",
             signed=True,
             normalize=normalize,
+            heads=True,
+            meta="summed over positions",
             label="metric",
         )
-    grid = values.sum(1) if per_head else values
-    rows = [
-        short_label(s).split(" ")[0] if per_head else short_label(s) for s in result.source_labels
-    ]
-    return MapView(
-        values=grid.tolist(),
-        rows=rows,
-        cols=list(result.str_tokens),
+    return grid_map(
+        result.values,
+        result,
         title=title or f"{what} · layer × token",
-        meta=("heads summed; " if per_head else "")
-        + f"clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}",
-        bos=result.bos,
-        positions=[result.position],
         signed=True,
         normalize=normalize,
+        meta=("heads summed; " if per_head else "")
+        + f"clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}",
         label="metric" if result.kind == "activation" else "estimate",
     )
 
 
-def _as_map(
-    grid: Tensor, like: Any, title: str, *, signed: bool, normalize: str, heads: bool
+def grid_map(
+    grid: Tensor,
+    like: Any,
+    title: str,
+    *,
+    signed: bool,
+    normalize: str = "row",
+    heads: bool = False,
+    meta: str | None = None,
+    label: str = "score",
 ) -> MapView:
+    """A map of any values laid out like a patching result ``like`` (rows named by its
+    ``source_labels``, columns by its tokens): (source, token), or (layer, head, token) for
+    per-head results, drawn layer × token (heads combined) or, with ``heads=True``, layer ×
+    head (positions combined, BOS left out). Signed values add; norms combine as the root
+    of the sum of squares.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.patching import attribution_patching
+        >>> from jacobian_scopes.viz.maps import grid_map
+        >>> model = js.load_default_model()
+        >>> at = attribution_patching(model, "Alice met Bob. Bob thanked",
+        ...                           "Bob met Alice. Alice thanked", sources="z")
+        >>> m = grid_map(at.values.abs(), at, "|estimate|", signed=False, heads=True)
+        >>> len(m.rows), len(m.cols), m.cols[0]
+        (30, 9, 'H0')
+    """
+    grid = grid.detach().float().cpu()
     per_head = like.score_axes == ("layer", "head", "token")
-    if per_head and heads:
-        g = grid[:, :, 1:] if like.bos else grid
-        g = g.sum(-1) if signed else g.pow(2).sum(-1).sqrt()
+    if heads and per_head:
+        g = _combine(grid[:, :, 1:] if like.bos else grid, -1, False, signed)
         return MapView(
             values=g.tolist(),
             rows=[f"L{i}" for i in range(g.shape[0])],
             cols=[f"H{h}" for h in range(g.shape[1])],
             title=title,
+            meta=meta,
             col_kind="head",
             signed=signed,
             normalize=normalize,
+            label=label,
         )
     if per_head:
-        grid = grid.sum(1) if signed else grid.pow(2).sum(1).sqrt()
+        grid = _combine(grid, 1, False, signed)
     rows = [
         short_label(s).split(" ")[0] if per_head else short_label(s) for s in like.source_labels
     ]
@@ -493,113 +524,13 @@ def _as_map(
         rows=rows,
         cols=list(like.str_tokens),
         title=title,
+        meta=meta,
         bos=like.bos,
         positions=[like.position],
         signed=signed,
         normalize=normalize,
-    )
-
-
-@dataclass
-class ComparisonView(View):
-    """The agreement table over the maps, drawn side by side.
-
-    :func:`comparison_view` builds it from a patching comparison; any table and maps go.
-
-    Example:
-        >>> import pandas as pd
-        >>> from jacobian_scopes.viz import render_document
-        >>> from jacobian_scopes.viz.maps import ComparisonView, MapView
-        >>> maps = [MapView([[1.0, 3.0], [2.0, 0.5]], rows=["L0", "L1"], cols=["a", " b"], title=t)
-        ...         for t in ("scope", "patching")]
-        >>> table = pd.DataFrame({"map": ["scope"], "spearman": [0.4]})
-        >>> html = render_document(ComparisonView(table, maps, title="Side by side"))
-        >>> html.count('class="jsv-map"'), html.count("<h3>")
-        (2, 3)
-    """
-
-    table: Any
-    views: list[MapView]
-    title: str | None = None
-    meta: str | None = None
-
-    def render(self, page: Page) -> str:
-        parts = ['<div class="jsv-patching">']
-        if self.title:
-            parts.append(f"<h3>{escape_text(self.title)}</h3>")
-        if self.meta:
-            parts.append(f'<div class="jsv-meta">{escape_text(self.meta)}</div>')
-        cols = list(self.table.columns)
-        head = "".join(f"<th>{escape_text(str(c))}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape_text(_cell(v))}</td>" for v in row) + "</tr>"
-            for row in self.table.itertuples(index=False)
-        )
-        parts.append(
-            f'<table class="jsv-agree"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        )
-        parts.append('<div class="jsv-side">')
-        parts.extend(f'<div class="jsv-cell">{v.render(page)}</div>' for v in self.views)
-        parts.append("</div></div>")
-        return "\n".join(parts)
-
-    def __rich__(self) -> Any:
-        from rich.console import Group
-        from rich.table import Table
-
-        t = Table(title=safe_text(self.title or ""))
-        for c in self.table.columns:
-            t.add_column(str(c))
-        for row in self.table.itertuples(index=False):
-            t.add_row(*(safe_text(_cell(v)) for v in row))
-        return Group(t, *(v.__rich__() for v in self.views))
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def comparison_view(
-    comparison: Any, *, normalize: str = "row", heads: bool | None = None
-) -> ComparisonView:
-    """The maps of :func:`jacobian_scopes.patching.compare` side by side, each on a scale
-    that fits it: the scope's norm map and first-order map on ``normalize`` (default
-    ``"row"``), both patching maps on one signed global scale (they share the metric's
-    unit), and the agreement table above them.
-
-    Example:
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.patching import compare
-        >>> model = js.load_default_model()
-        >>> c = compare(model, "Alice met Bob. Bob thanked", "Bob met Alice. Alice thanked",
-        ...             " Alice", " Bob")
-        >>> view = c.view()
-    """
-    ap = comparison.activation
-    per_head = ap.score_axes == ("layer", "head", "token")
-    if heads is None:
-        heads = False
-    views = []
-    for name, grid in comparison.maps.items():
-        patch = name.endswith("patching")
-        views.append(
-            _as_map(
-                grid,
-                ap,
-                name,
-                signed=comparison.signed[name],
-                normalize="global" if patch else normalize,
-                heads=heads and per_head,
-            )
-        )
-    meta = (
-        f"clean {''.join(ap.str_tokens[1:] if ap.bos else ap.str_tokens)!r} · corrupt "
-        f"{''.join(ap.corrupt_str_tokens[1:] if ap.bos else ap.corrupt_str_tokens)!r} · "
-        f"{ap.metric}; agreement with activation patching over positions ≤ {ap.position}"
-        + (", BOS left out" if ap.bos else "")
-    )
-    return ComparisonView(
-        table=comparison.table, views=views, title="Scope and patching, side by side", meta=meta
+        label=label,
+        byte_pieces=getattr(like, "byte_pieces", None),
     )
 
 
@@ -618,9 +549,8 @@ def _labels(result: ScopeResult, n: int) -> list[str]:
 
 
 __all__ = [
-    "ComparisonView",
     "MapView",
-    "comparison_view",
+    "grid_map",
     "layer_head_map",
     "layer_token_map",
     "maps",

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jacobian_scopes.results import ScopeResult
-from jacobian_scopes.text import visible_text
+from jacobian_scopes.text import piece_note, visible_text
 from jacobian_scopes.viz.page import NEGATIVE, POSITIVE, Page, View, escape_text
 
 SCOPE_NAMES = {
@@ -85,6 +85,7 @@ class TokenView(View):
     target: str | None = None
     target_is_prediction: bool = False
     scale_max: float | None = None
+    byte_pieces: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.values):
@@ -133,7 +134,10 @@ class TokenView(View):
             else:
                 where = f"rank {rank[i]} of {n}"
             tip = f"#{i} {show_token(tok)} · {self.label} {format_value(v)} · {where}"
-            if tok == "" and i + 1 < len(self.tokens):
+            note = piece_note(self.tokens, self.byte_pieces, i)
+            if note is not None:
+                tip += " · " + note
+            elif tok == "" and i + 1 < len(self.tokens):
                 # An empty piece is the first byte(s) of a character that a later token
                 # completes (see jacobian_scopes.text.merge_byte_pieces).
                 tip += " · byte piece of the character shown on the next token"
@@ -272,6 +276,7 @@ def token_view(
         target=target,
         target_is_prediction=is_prediction,
         scale_max=scale_max,
+        byte_pieces=result.byte_pieces,
     )
 
 
