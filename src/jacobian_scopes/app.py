@@ -248,12 +248,17 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         skip = (gr.skip(),) * 5
         started = time.perf_counter()
         cancelled.clear()
+
+        def report(*args: Any, **kwargs: Any) -> None:
+            # A library call that was running when Cancel was pressed goes on to its next
+            # step: its progress must not cover "cancelled" again.
+            if not cancelled.is_set():
+                progress(*args, **kwargs)
+
         try:
             req = request_from(prompt, scope_label, position, target, labels, foil, mode, method)
             views: Views | None = None
-            for text, done in compute(
-                ex, req, layers=layers, attention=attention, progress=progress
-            ):
+            for text, done in compute(ex, req, layers=layers, attention=attention, progress=report):
                 # A library call already running when Cancel was pressed still returns here:
                 # it must not overwrite "cancelled" with its own progress or results.
                 if cancelled.is_set():
