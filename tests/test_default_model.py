@@ -8,6 +8,7 @@ import importlib.util
 
 import pytest
 
+import helpers
 from jacobian_scopes import default_model
 from jacobian_scopes.errors import ScopeInputError
 
@@ -59,6 +60,9 @@ def test_loaded_default_model_reads_the_cache_without_rebuilding(smollm, monkeyp
     assert default_model.default_checkpoint().exists()
 
 
+@pytest.mark.skipif(
+    not helpers.has_bridge(), reason="Gemma is refused earlier without the TransformerBridge"
+)
 def test_missing_gemma_package_names_the_extra(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
