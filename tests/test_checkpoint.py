@@ -84,6 +84,7 @@ def test_automatic_checkpointing_warns_when_the_user_gives_hooks(tiny, monkeypat
     toks = helpers.tokens(8)
     hooks = [("blocks.0.hook_resid_post", lambda x, hook: None)]
     monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
+    monkeypatch.setattr(engine, "ACTIVATIONS_ABOVE_BYTES", 0)  # the SDPA path has no patterns
     with pytest.warns(UserWarning, match="checkpoint=False"):
         js.semantic_scope(model, toks, 11, fwd_hooks=hooks)
     with warnings.catch_warnings():
@@ -96,12 +97,13 @@ def test_checkpointing_turns_itself_on_above_the_threshold(tiny, monkeypatch):
     model, _, _ = tiny
     adapter = ModelAdapter(model)
     toks = helpers.tokens(6)[None]
-    assert not engine.Trace(adapter, toks, sources=[]).checkpoint
+    eager = {"sources": [], "attention": "eager"}  # SDPA keeps no patterns at all
+    assert not engine.Trace(adapter, toks, **eager).checkpoint
     need = engine.attention_bytes(adapter, toks.shape)
     assert need == 2 * helpers.N_LAYERS * helpers.N_HEADS * 36 * 4
     monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", need - 1)
-    assert engine.Trace(adapter, toks, sources=[]).checkpoint
-    assert not engine.Trace(adapter, toks, sources=[], checkpoint=False).checkpoint
+    assert engine.Trace(adapter, toks, **eager).checkpoint
+    assert not engine.Trace(adapter, toks, checkpoint=False, **eager).checkpoint
 
 
 def test_model_is_unchanged_after_checkpointed_calls_and_failures(tiny):

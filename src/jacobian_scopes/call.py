@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from jacobian_scopes import directions as dirs
 from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.attention import AttentionMode
 from jacobian_scopes.batching import (
     group_by_length,
     pad_batch,
@@ -36,7 +37,7 @@ from jacobian_scopes.batching import (
     per_prompt,
     stack_directions,
 )
-from jacobian_scopes.engine import Pullback, Trace, wants_checkpoint
+from jacobian_scopes.engine import Pullback, Trace
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.fisher import FisherPlan
 from jacobian_scopes.inputs import resolve_position, resolve_tokens, single_token
@@ -67,6 +68,7 @@ class Call:
     fwd_hooks: list[Any]
     prepend_bos: bool | None
     checkpoint: bool | None
+    attention: AttentionMode = "auto"
 
 
 @dataclass
@@ -102,6 +104,9 @@ def prepare(
     fwd_hooks = opts["fwd_hooks"]
     if fwd_hooks is None:
         fwd_hooks = []
+    attention = opts["attention"]
+    if attention not in ("auto", "eager", "sdpa"):
+        raise ScopeInputError(f"attention must be 'auto', 'eager' or 'sdpa', got {attention!r}")
     check_explanandum(adapter, at)
     spec = resolve_sources(adapter, opts["sources"], at)
     check_sources_precede(adapter, spec, at)
@@ -121,6 +126,7 @@ def prepare(
                 fwd_hooks=list(fwd_hooks),
                 prepend_bos=opts["prepend_bos"],
                 checkpoint=opts["checkpoint"],
+                attention=attention,
             )
         )
     return calls
@@ -128,27 +134,26 @@ def prepare(
 
 # ----------------------------------------------------------------------------- the run
 def _trace(call: Call, tokens: Tensor, at: str | None) -> Trace:
-    checkpoint = call.checkpoint
-    if checkpoint is None:
-        checkpoint = wants_checkpoint(call.adapter, tokens.shape)
-        if checkpoint and call.fwd_hooks:
-            warnings.warn(
-                "this call checkpoints the blocks to save memory (a long prompt), so your "
-                "fwd_hooks inside blocks can fire twice: once in the forward pass and once "
-                "more while the backward pass recomputes the block. Pass checkpoint=False to "
-                "keep them to one call (at the cost of memory), or checkpoint=True to silence "
-                "this.",
-                stacklevel=4,
-            )
-    return Trace(
+    trace = Trace(
         call.adapter,
         tokens,
         sources=call.spec.taps,
         at=at,
         fwd_hooks=call.fwd_hooks,
         freeze=call.freeze,
-        checkpoint=checkpoint,
+        checkpoint=call.checkpoint,
+        attention=call.attention,
     )
+    if call.checkpoint is None and trace.checkpoint and call.fwd_hooks:
+        warnings.warn(
+            "this call checkpoints the blocks to save memory (a long prompt), so your "
+            "fwd_hooks inside blocks can fire twice: once in the forward pass and once "
+            "more while the backward pass recomputes the block. Pass checkpoint=False to "
+            "keep them to one call (at the cost of memory), or checkpoint=True to silence "
+            "this.",
+            stacklevel=4,
+        )
+    return trace
 
 
 def _row_view(pb: Pullback, b: int, n_tokens: int, k: int) -> Pullback:

@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import frozen, temporary_hooks
 from jacobian_scopes.options import HookList
@@ -178,8 +179,16 @@ class Trace:
     SmolLM2 at 8k tokens would be ~140 GB, against one layer's worth with checkpointing.
     Scores are the same (the recomputation is deterministic in eval mode); the cost is one
     extra forward pass, and hooks inside blocks (the caller's too) fire twice, so the hooks
-    stay attached until the trace closes. ``None`` (default) turns it on when
-    :func:`attention_bytes` exceeds :data:`CHECKPOINT_ABOVE_BYTES`.
+    stay attached until the trace closes. ``None`` (default) decides by
+    :func:`wants_checkpoint`.
+
+    ``attention`` chooses the attention implementation (see
+    :mod:`jacobian_scopes.attention`): ``"auto"`` (default) runs the Bridge's attention with
+    PyTorch's SDPA when no hook of the trace, the caller's or the model's, sits inside
+    attention (no pattern is then kept: memory linear in the prompt length), and eager
+    attention otherwise; ``"eager"`` always keeps eager attention; ``"sdpa"`` raises
+    :class:`~jacobian_scopes.errors.ScopeInputError` where it cannot be used. The path
+    taken is :attr:`attention`.
 
     Example:
         >>> import jacobian_scopes as js
@@ -205,15 +214,11 @@ class Trace:
         fwd_hooks: HookList = (),
         freeze: Sequence[str] = (),
         checkpoint: bool | None = None,
+        attention: AttentionMode = "auto",
     ):
         self.adapter = adapter
         self.tokens = tokens
-        if checkpoint is None:
-            checkpoint = wants_checkpoint(adapter, tokens.shape)
-        self.checkpoint = bool(checkpoint)
         self.taps = {name: GradientTap(name) for name in dict.fromkeys(sources)}
-        for tap in self.taps.values():
-            tap.reuse = self.checkpoint
         self._capture_hook: str | None
         self._capture_module: torch.nn.Module | None
         if at is None:
@@ -228,6 +233,12 @@ class Trace:
         self._stack: ExitStack | None = None
         self.gate = ThreadGate()
         self.logits: Tensor | None = None
+        self.attention = attention_path(adapter, self._hook_list(), attention)
+        if checkpoint is None:
+            checkpoint = wants_checkpoint(adapter, tokens.shape, self.attention)
+        self.checkpoint = bool(checkpoint)
+        for tap in self.taps.values():
+            tap.reuse = self.checkpoint
 
     # The hooks of a scope, in the order they must fire at a shared hook point: the
     # user's interventions first (the scope explains the intervened run), then the
@@ -236,10 +247,13 @@ class Trace:
     # are shared, and another thread's forward pass meanwhile must neither fire the taps
     # nor be changed by them.
     def hooks(self) -> list[tuple[Any, Callable[..., Any]]]:
+        return self.gate.hooks(self._hook_list())
+
+    def _hook_list(self) -> list[tuple[Any, Callable[..., Any]]]:
         linear = [(name, detach_hook) for name in self.freeze]
         taps = [(tap.name, tap) for tap in self.taps.values()]
         capture = [] if self._capture_hook is None else [(self._capture_hook, self.capture)]
-        return self.gate.hooks([*self.user_hooks, *linear, *taps, *capture])
+        return [*self.user_hooks, *linear, *taps, *capture]
 
     def __enter__(self) -> Trace:
         if torch.is_inference_mode_enabled():
@@ -258,6 +272,9 @@ class Trace:
             stack.callback(self.gate.close)
             stack.enter_context(frozen(self.adapter.model))
             stack.enter_context(torch.enable_grad())
+            if self.attention == "sdpa":
+                # For the whole trace: checkpointing runs the blocks again in the backward.
+                stack.enter_context(sdpa_attention(self.adapter.model))
             kwargs: dict[str, Any] = {}
             if self.checkpoint:
                 # The recomputation runs the blocks again during the backward pass, so they
@@ -406,10 +423,18 @@ class Trace:
 
 #: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
 CHECKPOINT_ABOVE_BYTES = 1 << 30
+#: Above this estimate of the other saved activations (linear in the prompt length),
+#: :class:`Trace` checkpoints the blocks too. Chosen by measurement (benchmarks/bench_long.py):
+#: SmolLM2 on SDPA keeps 4k tokens without checkpointing (at the floor's time) and
+#: checkpoints 8k tokens (which would otherwise need about twice the memory).
+ACTIVATIONS_ABOVE_BYTES = 6 << 30
 
 
-def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int]) -> bool:
+def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str = "eager") -> bool:
     """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``.
+
+    With eager attention the patterns (:func:`attention_bytes`) decide first; with
+    ``attention="sdpa"`` there are none, and only :func:`activation_bytes` counts.
 
     Example:
         >>> import jacobian_scopes as js
@@ -417,8 +442,31 @@ def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int]) -> bool:
         >>> adapter = ModelAdapter(js.load_default_model())
         >>> wants_checkpoint(adapter, (1, 512)), wants_checkpoint(adapter, (1, 8192))
         (False, True)
+        >>> wants_checkpoint(adapter, (1, 4096), "sdpa"), wants_checkpoint(adapter, (1, 8192), "sdpa")
+        (False, True)
     """
-    return attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES
+    if attention == "eager" and attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES:
+        return True
+    return activation_bytes(adapter, shape) > ACTIVATIONS_ABOVE_BYTES
+
+
+def activation_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
+    """A rough estimate of the activations other than attention patterns that one forward
+    pass keeps for the backward pass: about ``8 · d_model + 4 · d_mlp`` values per token
+    and layer (block input, norms, q/k/v, attention output; the MLP's hidden layers).
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.engine import ModelAdapter, activation_bytes
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> f"{activation_bytes(adapter, (1, 8192)) / 1e9:.0f} GB"
+        '11 GB'
+    """
+    batch, n_pos = int(shape[0]), int(shape[1])
+    per_value = torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
+    d_mlp = int(getattr(adapter.cfg, "d_mlp", None) or 4 * adapter.d_model)
+    per_token = 8 * adapter.d_model + 4 * d_mlp
+    return adapter.n_layers * batch * n_pos * per_token * per_value
 
 
 def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
@@ -551,12 +599,14 @@ def _vjp(
 
 
 __all__ = [
+    "ACTIVATIONS_ABOVE_BYTES",
     "CHECKPOINT_ABOVE_BYTES",
     "Capture",
     "GradientTap",
     "ModelAdapter",
     "Pullback",
     "Trace",
+    "activation_bytes",
     "attention_bytes",
     "checkpointed_blocks",
     "default_batch_size",

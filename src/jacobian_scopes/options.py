@@ -8,7 +8,7 @@ call reads ``semantic_scope(model, prompt, " Paris", sources="resid_pre")``.
 Example:
     >>> from jacobian_scopes.options import CallOptions, check_options
     >>> sorted(CallOptions.__annotations__)[:3]
-    ['batch_size', 'checkpoint', 'freeze']
+    ['attention', 'batch_size', 'checkpoint']
     >>> check_options("semantic_scope", {"position": -2})
     {'position': -2}
 """
@@ -62,6 +62,12 @@ class CallOptions(TypedDict, total=False):
       memory on long prompts. ``None`` (default) turns it on by itself above about 1 GiB
       of attention patterns, and warns if ``fwd_hooks`` are given (pass ``False`` to keep
       each hook to one call per forward pass).
+    * ``attention`` (``"auto"`` | ``"eager"`` | ``"sdpa"``): how the Bridge runs attention.
+      ``"auto"`` (default) uses PyTorch's SDPA when no hook sits inside attention (no
+      attention-pattern source, no ``freeze=["attn_pattern"]``, no hook of yours or on the
+      model at ``hook_pattern``, ``hook_attn_scores``, ...): the same scores, with memory
+      linear in the prompt length. ``"sdpa"`` raises where that is not possible;
+      HookedTransformer always runs eager (see :mod:`jacobian_scopes.attention`).
     * ``batch_size`` (int): prompts per forward pass when several are given (default 8).
     * ``verbose`` (bool): a progress bar over the prompts, as in TransformerLens.
 
@@ -85,6 +91,7 @@ class CallOptions(TypedDict, total=False):
     freeze: Sequence[FreezeKind]
     fwd_hooks: HookList
     checkpoint: bool | None
+    attention: Literal["auto", "eager", "sdpa"]
     batch_size: int
     verbose: bool
 
@@ -96,6 +103,7 @@ DEFAULTS: CallOptions = {
     "freeze": (),
     "fwd_hooks": (),
     "checkpoint": None,
+    "attention": "auto",
     "batch_size": 8,
     "verbose": False,
 }
