@@ -209,7 +209,7 @@ def test_an_attention_pattern_source_keeps_the_eager_path(llama, sdpa_calls):
 
 def test_asking_for_sdpa_with_a_hook_inside_attention_is_a_clear_error(llama):
     before = model_fingerprint(llama)
-    with pytest.raises(js.errors.ScopeInputError, match="hook_pattern.*attention='auto'"):
+    with pytest.raises(js.errors.ScopeInputError, match=r"hook_pattern.*attention='auto'"):
         js.semantic_scope(llama, helpers.tokens(8), 11, freeze=["attn_pattern"], attention="sdpa")
     assert_same(before, model_fingerprint(llama))
 
@@ -314,3 +314,30 @@ def test_sdpa_and_eager_agree_on_the_default_model(smollm):
         for a in ("eager", "sdpa")
     ]
     torch.testing.assert_close(fisher[1], fisher[0], rtol=1e-3, atol=1e-5)
+
+
+def test_another_threads_forward_pass_meanwhile_keeps_eager_attention(llama, sdpa_calls):
+    import threading
+
+    adapter = ModelAdapter(llama)
+    toks, other_toks = helpers.tokens(8)[None], helpers.tokens(9, seed=1)[None]
+    with torch.no_grad():
+        expected = llama(other_toks)
+    seen: list[int] = []
+    out: dict[str, torch.Tensor] = {}
+
+    def other() -> None:
+        with (
+            torch.no_grad(),
+            llama.hooks([("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(1))]),
+        ):
+            out["logits"] = llama(other_toks)
+
+    with engine.Trace(adapter, toks, sources=["hook_embed"]) as trace:
+        assert trace.attention == "sdpa" and sdpa_calls
+        sdpa_calls.clear()
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen and not sdpa_calls
+    torch.testing.assert_close(out["logits"], expected)

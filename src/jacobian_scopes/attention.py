@@ -45,6 +45,7 @@ import torch
 
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.threads import ThreadGate
 
 #: How a call runs attention: decided per call (``"auto"``), or forced.
 AttentionMode = Literal["auto", "eager", "sdpa"]
@@ -131,14 +132,16 @@ def sdpa_blocker(
 
 
 @contextmanager
-def sdpa_attention(model: Any) -> Iterator[None]:
+def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]:
     """Run the Bridge's attention with the Hugging Face module and SDPA for the duration.
 
     Sets ``_attn_implementation = "sdpa"`` on the wrapped model's configs (so that its
     mask is built for SDPA) and gives each attention bridge an instance ``forward`` that
     fires ``hook_in``, calls the Hugging Face module and fires ``hook_out``. Everything is
     put back on exit, whatever arrives meanwhile. Check :func:`sdpa_blocker` first: this
-    context manager does not.
+    context manager does not. With a ``gate``, forward passes of other threads meanwhile
+    keep the Bridge's eager attention (and their hooks inside it); the masks the model
+    builds for SDPA (none, or boolean) are ones it reads correctly.
 
     Example:
         >>> import torch, jacobian_scopes as js
@@ -163,7 +166,7 @@ def sdpa_attention(model: Any) -> Iterator[None]:
         for attn in layers:
             # object.__setattr__: the Bridge's __setattr__ forwards attributes to the
             # wrapped module (see engine.checkpointed_blocks).
-            object.__setattr__(attn, "forward", _sdpa_forward(attn))
+            object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
         yield
     finally:
         pending: BaseException | None = None
@@ -199,10 +202,13 @@ def _restore(
             object.__setattr__(attn, "forward", own)
 
 
-def _sdpa_forward(attn: Any) -> Callable[..., Any]:
+def _sdpa_forward(attn: Any, gate: ThreadGate | None) -> Callable[..., Any]:
     hf = attn.original_component
+    eager = attn.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
+        if gate is not None and not gate.acting():
+            return eager(*args, **kwargs)
         if "hidden_states" in kwargs:
             hidden_states = kwargs.pop("hidden_states")
         else:

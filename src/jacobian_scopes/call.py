@@ -104,9 +104,7 @@ def prepare(
     fwd_hooks = opts["fwd_hooks"]
     if fwd_hooks is None:
         fwd_hooks = []
-    attention = opts["attention"]
-    if attention not in ("auto", "eager", "sdpa"):
-        raise ScopeInputError(f"attention must be 'auto', 'eager' or 'sdpa', got {attention!r}")
+    attention = opts["attention"]  # checked by the trace, before its forward pass
     check_explanandum(adapter, at)
     spec = resolve_sources(adapter, opts["sources"], at)
     check_sources_precede(adapter, spec, at)
