@@ -282,6 +282,16 @@ def test_model_is_exactly_as_before_after_an_exception_on_the_sdpa_path(sdpa_cal
     assert saved_state(model) == state
 
 
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_the_context_manager_restores_the_model_whatever_interrupts_it(error):
+    model = helpers.make_bridge("llama")
+    state = saved_state(model)
+    with pytest.raises(error, match="stop"), sdpa_attention(model):
+        assert saved_state(model) != state
+        raise error("stop")
+    assert saved_state(model) == state
+
+
 def test_the_context_manager_leaves_an_own_forward_in_place():
     model = helpers.make_bridge("llama")
     attn = model.blocks[0].attn

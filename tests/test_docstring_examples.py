@@ -110,6 +110,7 @@ def test_docstring_examples_on_the_real_model(name, smollm, tmp_path, monkeypatc
 PUBLIC_MODULES = [
     "jacobian_scopes",
     "jacobian_scopes.app",
+    "jacobian_scopes.attention",
     "jacobian_scopes.engine",
     "jacobian_scopes.errors",
     "jacobian_scopes.explorer",

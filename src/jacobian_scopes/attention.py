@@ -72,6 +72,19 @@ def attention_path(
     ``"auto"`` gives ``"sdpa"`` where :func:`sdpa_blocker` finds nothing against it;
     ``"sdpa"`` insists and raises :class:`~jacobian_scopes.errors.ScopeInputError` when it
     cannot be honoured; ``"eager"`` always keeps the model's own attention.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.adapter import ModelAdapter
+        >>> from jacobian_scopes.attention import attention_path
+        >>> adapter = ModelAdapter(js.load_default_model())
+        >>> frozen = [("blocks.0.attn.hook_pattern", lambda x, hook: x.detach())]
+        >>> attention_path(adapter, []), attention_path(adapter, frozen)
+        ('sdpa', 'eager')
+        >>> attention_path(adapter, frozen, "sdpa")
+        Traceback (most recent call last):
+        ...
+        jacobian_scopes.errors.ScopeInputError: attention='sdpa' is not possible here: a hook on ...
     """
     if mode not in ("auto", "eager", "sdpa"):
         raise ScopeInputError(f"attention must be 'auto', 'eager' or 'sdpa', got {mode!r}")

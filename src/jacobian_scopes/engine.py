@@ -443,7 +443,7 @@ def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str
         >>> adapter = ModelAdapter(js.load_default_model())
         >>> wants_checkpoint(adapter, (1, 512)), wants_checkpoint(adapter, (1, 8192))
         (False, True)
-        >>> [wants_checkpoint(adapter, (1, n), "sdpa") for n in (4096, 8192)]
+        >>> [wants_checkpoint(adapter, (1, n), "sdpa") for n in (2048, 4096)]
         [False, True]
     """
     if attention == "eager" and attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES:
