@@ -6,7 +6,7 @@
 
 By default (``--attention auto``) the Bridge's attention runs on PyTorch's SDPA, which
 keeps no attention pattern: memory grows linearly with the prompt length, and blocks are
-checkpointed only when the other activations would exceed ~6 GiB (SmolLM2: above ~5k
+checkpointed only when the other activations would exceed ~3 GiB (SmolLM2: above ~2.5k
 tokens). ``--attention eager`` measures the eager path, which keeps ``heads × pos²``
 values per layer for the backward pass (SmolLM2 at 8k tokens: ~140 GB over its 30 layers);
 with block checkpointing (automatic above ~1 GiB of patterns) only one block's attention

@@ -23,9 +23,10 @@ def prompts():
 
 def close(a, b):
     # Float32 rounding differs between matrix products of different shapes (a batch of 5
-    # against a batch of 1); the error is relative to the tensor's scale.
+    # against a batch of 1), and SDPA sums the keys in blocks that follow the padded
+    # length (measured up to 1.4e-5 of the scale); the error is relative to the scale.
     scale = float(b.abs().max()) if b.numel() else 1.0
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-6))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-5 * max(scale, 1e-6))
 
 
 def assert_same_result(got: js.ScopeResult, want: js.ScopeResult) -> None:

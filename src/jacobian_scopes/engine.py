@@ -424,10 +424,10 @@ class Trace:
 #: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
 CHECKPOINT_ABOVE_BYTES = 1 << 30
 #: Above this estimate of the other saved activations (linear in the prompt length),
-#: :class:`Trace` checkpoints the blocks too. Chosen by measurement (benchmarks/bench_long.py):
-#: SmolLM2 on SDPA runs 2k tokens without checkpointing (1.1x the floor's time, 1.5x its
-#: memory) and checkpoints from ~2.5k tokens on (at 4k: 1.2x the time, 0.9x the memory;
-#: without, 0.9x the time but 1.9x the memory).
+#: :class:`Trace` checkpoints the blocks too. Chosen by measurement (benchmarks/bench_long.py,
+#: SmolLM2 on SDPA against the floor): 2k tokens uncheckpointed take 1.1x the floor's time
+#: and 1.5x its memory; at 4k, uncheckpointed 1.0-1.2x the time but 1.7x the memory,
+#: checkpointed 1.2-1.5x the time and 0.6-0.9x the memory.
 ACTIVATIONS_ABOVE_BYTES = 3 << 30
 
 
