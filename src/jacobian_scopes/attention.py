@@ -58,6 +58,10 @@ SDPA_MODULES = frozenset({"LlamaAttention", "Gemma3Attention"})
 # The bridge class whose forward the SDPA path replaces (see _sdpa_forward).
 _BRIDGE_CLASS = "PositionEmbeddingsAttentionBridge"
 
+# The projections and Gemma's q/k norms: bridges the Hugging Face module calls itself, so
+# their hook points fire on the SDPA path too.
+_FIRED_PARTS = frozenset({"q", "k", "v", "o", "q_norm", "k_norm"})
+
 # Bridge config flags that route attention through hook points the SDPA path lacks.
 _EAGER_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_attn_result", "use_hook_mlp_in")
 
@@ -132,15 +136,17 @@ def sdpa_blocker(
     if getattr(_hf_config(model), "_attn_implementation", None) is None:
         return "the wrapped model has no attention-implementation setting"
     skipped = _skipped_points(model, layers)
-    for name, hp in model.hook_dict.items():
-        if id(hp) in skipped and _has_hooks(hp):
+    inside = {name: hp for name, hp in model.hook_dict.items() if id(hp) in skipped}
+    for name, hp in inside.items():
+        if _has_hooks(hp):
             return f"a hook already on the model at {name}, which only eager attention runs"
     for where, _ in hooks:
-        for name, hp in model.hook_dict.items():
-            if id(hp) not in skipped:
-                continue
-            if (callable(where) and where(name)) or where == name:
-                return f"a hook on {name}, which only eager attention runs"
+        if callable(where):
+            hit = next((name for name in inside if where(name)), None)
+        else:
+            hit = where if where in inside else None
+        if hit is not None:
+            return f"a hook on {hit}, which only eager attention runs"
     return None
 
 
@@ -260,15 +266,14 @@ def _skipped_points(model: Any, layers: list[Any]) -> set[int]:
     """Ids of the hook points inside attention that the SDPA path does not fire."""
     skipped: set[int] = set()
     for attn in layers:
-        fired = {id(attn.hook_in), id(attn.hook_out)}
-        # The projections and Gemma's q/k norms are bridges the Hugging Face module calls.
-        for part in ("q", "k", "v", "o", "q_norm", "k_norm"):
-            sub = getattr(attn, part, None)
-            if sub is not None:
-                fired |= {id(m) for m in sub.modules()}
-        for module in attn.modules():
-            if _is_hook_point(module) and id(module) not in fired:
-                skipped.add(id(module))
+        # The bridge's own hook points and its submodules', not the wrapped module's tree
+        # (whose projections are the same bridges, reached here by their own names).
+        for name, child in attn.named_children():
+            if name in ("hook_in", "hook_out") or name in _FIRED_PARTS:
+                continue
+            if "original_component" in name:
+                continue
+            skipped |= {id(m) for m in child.modules() if _is_hook_point(m)}
     return skipped
 
 
