@@ -63,7 +63,7 @@ _BRIDGE_CLASS = "PositionEmbeddingsAttentionBridge"
 _FIRED_PARTS = frozenset({"q", "k", "v", "o", "q_norm", "k_norm"})
 
 # Bridge config flags that route attention through hook points the SDPA path lacks.
-_EAGER_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_attn_result", "use_hook_mlp_in")
+_EAGER_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_attn_result")
 
 
 def attention_path(
