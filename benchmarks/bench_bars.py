@@ -106,7 +106,9 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
     from jacobian_scopes import fisher
 
     with fisher_solver(solver):
-        default = js.fisher_scope(model, tokens).fisher
+        result = js.fisher_scope(model, tokens)
+        assert isinstance(result, js.ScopeResult) and result.fisher is not None
+        default = result.fisher
         out["fisher_default"] = (
             f"{default.method}, {default.n_vjps} VJPs, solver {fisher.DEFAULT_SOLVER}"
         )

@@ -39,7 +39,7 @@ import torch
 
 from common import fisher_solver, fisher_variant
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "llama-3.2-1b": dict(
         hidden_size=2048,
         intermediate_size=8192,
@@ -181,7 +181,7 @@ def plan_rows(
             for solver in fisher.SOLVERS:
 
                 def once(kw: dict[str, Any] = kwargs, sv: str = solver, q: Any = p) -> None:
-                    fisher.plan(W_U, q, generator=torch.Generator().manual_seed(0), solver=sv, **kw)
+                    fisher.plan(W_U, q, generator=torch.Generator().manual_seed(0), solver=sv, **kw)  # type: ignore[arg-type]
 
                 s, peak, note = timed(once, device, repeats)
                 out.append(
@@ -250,7 +250,7 @@ def one_length(
             logits = bridge(tokens)
         torch.autograd.grad(logits[0, -1, target], store["x"])
 
-    work = {
+    work: dict[str, Any] = {
         "floor (HF SDPA)": floor_sdpa,
         "floor (Bridge, eager)": floor_bridge,
         "Semantic": lambda: js.semantic_scope(bridge, tokens, target),

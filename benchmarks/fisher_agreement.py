@@ -49,10 +49,10 @@ CANDIDATES = [
 def dump(out: Path, n_lambada: int) -> None:
     model = js.load_default_model()
     adapter = ModelAdapter(model)
-    prompts = list(dict.fromkeys(c.prompt for c in CASES))
+    prompts: list[str] = list(dict.fromkeys(c.prompt for c in CASES))
     passages = sorted(load_lambada(), key=lambda p: len(p.prompt))
     step = max(1, 40 // max(1, n_lambada))
-    prompts += [p.prompt for p in passages[: step * n_lambada : step]]
+    prompts += [str(p.prompt) for p in passages[: step * n_lambada : step]]
     out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
         tokens = model.to_tokens(prompt)
@@ -61,6 +61,7 @@ def dump(out: Path, n_lambada: int) -> None:
             eye = torch.eye(adapter.d_model)[:, None, :]
             pb = tr.pullback([tokens.shape[1] - 1], eye, keep_vectors=True, batch_size=64)
             J = pb.vectors["hook_embed"][:, 0]  # (d_out, pos, d_in)
+            assert tr.logits is not None
             p = torch.softmax(tr.logits[0, -1].float(), -1).detach()
         torch.save({"prompt": prompt, "tokens": tokens, "J": J, "p": p}, out / f"{i:02d}.pt")
         print(i, tokens.shape[1], f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -95,7 +96,7 @@ def rows_for(
     plan = fisher.plan(
         W,
         p,
-        method=method,
+        method=method,  # type: ignore[arg-type]
         rank=rank,
         n_probes=n_probes,
         generator=torch.Generator().manual_seed(0),
@@ -129,12 +130,12 @@ def evaluate(folder: Path) -> None:
     print(f"\n{len(files)} prompts; exact = tr(J_tᵀ F J_t) over the whole vocabulary\n")
     print("| method | VJPs (median) | rel. error median / worst | Spearman median / worst |")
     print("|---|---|---|---|")
-    for label, rows in results.items():
-        rel = [r[0] for r in rows]
-        rho = [r[1] for r in rows]
-        vjps = statistics.median(r[2] for r in rows)
+    for label, figures in results.items():
+        errors = [r[0] for r in figures]
+        rho = [r[1] for r in figures]
+        vjps = statistics.median(r[2] for r in figures)
         print(
-            f"| {label} | {vjps:g} | {statistics.median(rel):.3f} / {max(rel):.3f} "
+            f"| {label} | {vjps:g} | {statistics.median(errors):.3f} / {max(errors):.3f} "
             f"| {statistics.median(rho):.3f} / {min(rho):.3f} |"
         )
 
