@@ -55,6 +55,8 @@ def dump(out: Path, n_lambada: int) -> None:
     prompts += [str(p.prompt) for p in passages[: step * n_lambada : step]]
     out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
+        if (out / f"{i:02d}.pt").exists():  # resumable: the prompts come in a fixed order
+            continue
         tokens = model.to_tokens(prompt)
         start = time.perf_counter()
         with Trace(adapter, tokens, sources=["hook_embed"]) as tr:
