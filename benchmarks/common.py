@@ -6,7 +6,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -95,3 +96,32 @@ def gpt2_small_random(seed: int = 0) -> Any:
 
 def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+@contextmanager
+def fisher_solver(name: str | None) -> Iterator[None]:
+    """Plan the Fisher scope with the eigen-solver ``name`` (``"gram"`` or ``"iterative"``)
+    inside the block; ``None`` leaves the library's default. The solver is no option of
+    ``fisher_scope``: benchmarks choose it through ``jacobian_scopes.fisher.DEFAULT_SOLVER``."""
+    from jacobian_scopes import fisher
+
+    if name is None:
+        yield
+        return
+    if name not in fisher.SOLVERS:
+        raise SystemExit(f"unknown solver {name!r}; choose one of {fisher.SOLVERS}")
+    old = fisher.DEFAULT_SOLVER
+    fisher.DEFAULT_SOLVER = name  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        fisher.DEFAULT_SOLVER = old
+
+
+def fisher_variant(spec: str) -> tuple[dict[str, Any], str | None]:
+    """``method:rank:n_probes[:solver]`` -> (``fisher_scope`` keyword arguments, solver)."""
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"a Fisher variant is method:rank:n_probes[:solver], got {spec!r}")
+    kwargs = {"method": parts[0], "rank": int(parts[1]), "n_probes": int(parts[2])}
+    return kwargs, parts[3] if len(parts) == 4 else None

@@ -248,6 +248,10 @@ def fisher_combine(
         if plan.n_probes > 1:
             spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
             stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
+        else:
+            # One Gaussian probe of tr M has sd √2‖M‖_F ≤ √2 tr M: bound it by its own value.
+            spread = {s: sq[k:].sum(0) * 2**0.5 for s, sq in squared.items()}
+            stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
     else:
         scores = {s: sq.sum(0) for s, sq in squared.items()}
     if decompose:

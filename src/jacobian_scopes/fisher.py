@@ -15,17 +15,29 @@ with ``Σ_k r_k r_kᵀ = F``. Every method below only chooses those rows:
 * ``principal``: the top ``rank`` eigen-directions only (the authors' default, rank 1):
   a lower bound that keeps ``captured`` of ``tr F_S``.
 * ``sketch``: the top ``rank`` eigen-directions exactly plus ``n_probes`` Gaussian probes
-  ``r = Σ_{k>rank} √λ_k g_k u_k`` of the remainder: unbiased for ``tr(J_tᵀ F_S J_t)``,
-  with a per-token standard error from the spread of the probes.
+  of the remainder: unbiased for ``tr(J_tᵀ F_S J_t)``, with a per-token standard error
+  from the spread of the probes (with one probe, a bound from its own size).
 
-Nothing here builds a d × d matrix over the whole vocabulary unless ε = 0 asks for it: the
-Gram matrix is formed over the support only, on whichever side of A is smaller.
+``principal`` and ``sketch`` find their eigen-directions with one of two solvers:
+
+* ``"gram"``: the full eigendecomposition of the Gram matrix of ``A_S``, formed on
+  whichever side of A is smaller (``O(|S| d²)``, and a d × d matrix once ``|S| > d``);
+  probes ``r = Σ_{k>rank} √λ_k g_k u_k``.
+* ``"iterative"``: block subspace iteration with Rayleigh–Ritz on
+  ``F_S v = A_Sᵀ(A_S v)``, never a d × d matrix. It starts on the most probable rows (a
+  few thousand) and finishes on the whole support, where the support's rows are formed
+  only when ``|S| × d`` is small and otherwise every product streams ``W`` with the
+  probabilities masked: a plan costs a few passes over ``W``. Probes
+  ``r = (I − UUᵀ) A_Sᵀ g``, ``g ∼ N(0, I_|S|)``.
+
+:data:`DEFAULT_SOLVER` picks one when the caller names none. ``exact`` always uses the
+Gram matrix (its ``min(|S|, d)`` VJPs cost far more than the plan).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -36,7 +48,16 @@ from jacobian_scopes.errors import ScopeInputError
 FisherMethod = Literal["exact", "principal", "sketch"]
 METHODS: tuple[str, ...] = ("exact", "principal", "sketch")
 
+Solver = Literal["gram", "iterative"]
+SOLVERS: tuple[str, ...] = ("gram", "iterative")
+#: The eigen-solver of ``principal`` and ``sketch`` when ``plan`` is given none. Which one
+#: is faster depends on |S|, d and the vocabulary (see benchmarks/bench_bars.py and
+#: bench_gpu.py ``--solver``); both give the same eigen-directions to ``tol``.
+DEFAULT_SOLVER: Solver = "gram"
+
 _GRAM_CHUNK = 8192
+# Above this many entries the support's rows are not formed (see _Support).
+_ROWS_LIMIT = 1 << 24
 
 
 @dataclass
@@ -53,6 +74,7 @@ class FisherPlan:
     trace_full: float  # tr F over the whole vocabulary
     trace_support: float  # tr F_S
     tail_mass: float  # 1 − Σ_{j∈S} p_j
+    residual: float = 0.0  # max ‖F_S u − θ u‖ / θ₁ of the eigen-directions found iteratively
 
     @property
     def n_probes(self) -> int:
@@ -92,7 +114,10 @@ def candidate_rows(
     W_U: Float[Tensor, "d V"], p: Float[Tensor, " V"], wbar: Float[Tensor, " d"], ids: Tensor
 ) -> Float[Tensor, "S d"]:
     """Rows √p_j (w_j − w̄) of A for the candidates ``ids``."""
-    return p[ids].sqrt()[:, None] * (W_U[:, ids].T - wbar)
+    # A row gather of Wᵀ when it is contiguous (tied embeddings): a column gather of a
+    # row-major d × V matrix reads the whole of it.
+    cols = W_U.T.index_select(0, ids) if W_U.T.is_contiguous() else W_U[:, ids].T
+    return p[ids].sqrt()[:, None] * (cols - wbar)
 
 
 def _eigen(
@@ -118,6 +143,155 @@ def _eigen(
     return lam[order], U[:, order]
 
 
+class _Support:
+    """The support's rows ``A_S = diag(√p_S)(W_S − w̄)`` as an operator, never as ``F_S``.
+
+    ``F_S v = A_Sᵀ(A_S v)``. When ``|S| × d`` is small the rows are formed once (one
+    gather); otherwise every product goes through the unembedding itself with the
+    probabilities masked to the support, so a 262k vocabulary at d = 4096 needs no copy of
+    ``W`` and no d × d matrix.
+    """
+
+    def __init__(self, W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor):
+        self.W, self.wbar, self.ids = W, wbar, ids
+        self.sqrt_p = p[ids].sqrt()
+        self.rows: Tensor | None = None
+        if ids.numel() * W.shape[0] <= _ROWS_LIMIT:
+            self.rows = candidate_rows(W, p, wbar, ids)
+            return
+        q = torch.zeros_like(p)
+        q[ids] = p[ids]
+        self.q = q
+        self.m = W @ q  # Σ_S p_j w_j
+        self.mass = q.sum()
+
+    def gram(self, Q: Float[Tensor, "d b"]) -> Float[Tensor, "d b"]:
+        """F_S Q."""
+        # (Aᵀ(AQ))ᵀ = (AQ)ᵀA: both products then stream A in its own memory order.
+        if self.rows is not None:
+            return ((self.rows @ Q).T @ self.rows).T
+        wq, mq = self.wbar @ Q, self.m @ Q
+        out = (((Q.T @ self.W) * self.q) @ self.W.T).T
+        return out - torch.outer(self.m, wq) - torch.outer(self.wbar, mq - self.mass * wq)
+
+    def rows_times(self, g: Float[Tensor, "n S"]) -> Float[Tensor, "n d"]:
+        """``A_Sᵀ g_i`` for vectors ``g_i`` over the support (most probable first)."""
+        if self.rows is not None:
+            return g @ self.rows
+        x = torch.zeros((self.W.shape[1], g.shape[0]), dtype=g.dtype, device=g.device)
+        x[self.ids] = (self.sqrt_p[:, None] * g.T).to(x.dtype)
+        return (self.W @ x).T - torch.outer(g @ self.sqrt_p, self.wbar)
+
+
+def top_eigen(
+    op: _Support,
+    d: int,
+    k: int,
+    *,
+    start: Tensor | None = None,
+    oversample: int = 16,
+    tol: float = 1e-4,
+    max_iter: int = 30,
+) -> tuple[Float[Tensor, " k"], Float[Tensor, "d k"], float, Float[Tensor, "d b"]]:
+    """The top ``k`` eigenpairs of F_S by block subspace iteration with Rayleigh–Ritz.
+
+    Each step costs one product ``F_S Q`` with a d × (k + oversample) block (two passes
+    over the support's rows); it stops when every kept Ritz pair's residual
+    ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block is drawn from a fixed seed, so
+    the same distribution always gives the same directions. Returns the Ritz values (largest
+    first), the orthonormal vectors, the largest relative residual, and the last block
+    (a warm ``start`` for a larger support).
+    """
+    b = min(d, k + oversample)
+    if start is None:
+        gen = torch.Generator().manual_seed(0)
+        start = torch.randn((d, b), generator=gen, dtype=torch.float32).to(op.wbar.device)
+    Q, _ = torch.linalg.qr(start)
+    worst = 0.0
+    for _ in range(max_iter):
+        Z = op.gram(Q)
+        theta, S = torch.linalg.eigh((Q.T @ Z).double())
+        theta, S = theta.flip(0)[:k], S.flip(1)[:, :k].float()
+        U = Q @ S
+        residual = (Z @ S - U * theta.float()).pow(2).sum(0).sqrt()
+        scale = float(theta[0].clamp_min(1e-30))
+        worst = float(residual.max()) / scale
+        if worst <= tol or b >= d:
+            break
+        Q, _ = torch.linalg.qr(Z)
+    return theta.clamp_min(0), U, worst, Q
+
+
+def _head_size(p: Tensor, ids: Tensor, eps: float, d: int) -> int:
+    """Rows for the first eigen-solve: those holding 1 − max(eps, 1e-2) of the mass, at
+    most max(2048, 2d)."""
+    mass = torch.cumsum(p[ids].double(), 0)
+    n = int((mass < 1.0 - max(eps, 1e-2)).sum()) + 1
+    return max(1, min(n, ids.numel(), max(2048, 2 * d)))
+
+
+def _iterative_rows(
+    W: Tensor,
+    p: Tensor,
+    wbar: Tensor,
+    ids: Tensor,
+    *,
+    rank: int,
+    n_probes: int,
+    eps: float,
+    trace_support: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, int, Tensor, float]:
+    """(rows, n_exact, eigenvalues, residual) of principal (n_probes = 0) or sketch with the
+    matrix-free solver."""
+    d = W.shape[0]
+    k = min(rank, d, ids.numel()) if trace_support > 0 else 0
+    op = _Support(W, p, wbar, ids)
+    lam, residual = torch.zeros(0, dtype=torch.float64, device=W.device), 0.0
+    U = W.new_zeros((d, 0))
+    if k > 0:
+        # The eigen-directions are found first on the head of the support (the most
+        # probable rows), which is cheap and close; that block then starts the iteration on
+        # the whole support, which usually meets the tolerance at once.
+        head = ids[: _head_size(p, ids, eps, d)]
+        start = None
+        if head.numel() < ids.numel():
+            start = top_eigen(_Support(W, p, wbar, head), d, k, tol=1e-2)[3]
+        lam, U, residual, _ = top_eigen(op, d, k, start=start)
+        # Directions F_S does not have (its rank is below k) would be VJPs of nothing.
+        keep = lam > lam[0] * 1e-12
+        lam, U = lam[keep], U[:, keep]
+        k = int(lam.numel())
+    rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
+    if n_probes == 0 or trace_support <= 0:
+        return rows, k, lam, residual
+    # r = (I − UUᵀ) A_Sᵀ g with g ∼ N(0, I_|S|): E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
+    # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
+    g = torch.randn((n_probes, ids.numel()), generator=generator, dtype=torch.float32)
+    probes = op.rows_times(g.to(W.device))
+    probes = probes - (probes @ U) @ U.T
+    return torch.cat([rows, probes]), k, lam, residual
+
+
+_NORMS_CACHE: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _column_norms(W_U: Tensor, W: Float[Tensor, "d V"]) -> Float[Tensor, " V"]:
+    """‖w_j‖² for every column of ``W`` (``W_U`` in float32), kept while the weights do not
+    change: this pass over the whole vocabulary costs more than the rest of an iterative
+    plan. The key holds a sample of the values too, in case another tensor reuses the same
+    memory."""
+    d, V = W_U.shape
+    sample = float(W_U[:: max(1, d // 16), :: max(1, V // 256)].double().sum())
+    key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape), W_U.dtype, W_U.device, sample)
+    hit = _NORMS_CACHE.get(key)
+    if hit is None:
+        hit = W.pow(2).sum(0)
+        _NORMS_CACHE.clear()  # one unembedding at a time
+        _NORMS_CACHE[key] = hit
+    return hit
+
+
 def plan(
     W_U: Float[Tensor, "d V"],
     p: Float[Tensor, " V"],
@@ -128,8 +302,26 @@ def plan(
     n_probes: int = 8,
     decompose: bool = False,
     generator: torch.Generator | None = None,
+    solver: Solver | None = None,
 ) -> FisherPlan:
-    """Choose the rows for one explained position. ``p`` is the next-token distribution."""
+    """Choose the rows for one explained position. ``p`` is the next-token distribution.
+
+    ``solver`` finds the eigen-directions of ``principal`` and ``sketch`` (``"gram"`` or
+    ``"iterative"``, see the module's docstring); ``None`` means :data:`DEFAULT_SOLVER`.
+
+    Example:
+        >>> import torch
+        >>> from jacobian_scopes.fisher import plan
+        >>> W = torch.eye(3)
+        >>> p = torch.tensor([0.7, 0.2, 0.1])
+        >>> a = plan(W, p, method="principal", rank=1, solver="gram")
+        >>> b = plan(W, p, method="principal", rank=1, solver="iterative")
+        >>> bool(torch.allclose(a.eigenvalues[:1], b.eigenvalues, rtol=1e-5))
+        True
+    """
+    solver = DEFAULT_SOLVER if solver is None else solver
+    if solver not in SOLVERS:
+        raise ScopeInputError(f"unknown Fisher solver {solver!r}; choose one of {SOLVERS}")
     if method not in METHODS:
         raise ScopeInputError(f"unknown Fisher method {method!r}; choose one of {METHODS}")
     if decompose and method != "exact":
@@ -144,11 +336,14 @@ def plan(
     W = W_U.float()
     p = p.float()
     wbar = W @ p
-    col_sq = W.pow(2).sum(0)
+    col_sq = _column_norms(W_U, W)
     trace_full = float((p.double() * col_sq.double()).sum() - wbar.double().pow(2).sum())
     ids = support(p, eps)
-    # Σ_{j∈S} p_j ‖w_j − w̄‖² without forming the |S| × d rows.
-    dist_sq = col_sq[ids].double() - 2 * (wbar @ W[:, ids]).double() + wbar.double().pow(2).sum()
+    # Σ_{j∈S} p_j ‖w_j − w̄‖² without forming the |S| × d rows (nor, for a large
+    # support, a d × |S| copy of W).
+    big = ids.numel() * W.shape[0] > _ROWS_LIMIT
+    proj = (wbar @ W)[ids] if big else wbar @ W[:, ids]
+    dist_sq = col_sq[ids].double() - 2 * proj.double() + wbar.double().pow(2).sum()
     trace_support = float((p[ids].double() * dist_sq).sum().clamp_min(0))
     tail_mass = float(max(0.0, 1.0 - p[ids].double().sum().item()))
     support_ids, support_probs = ids.cpu(), p[ids].cpu()
@@ -170,6 +365,22 @@ def plan(
         )
 
     d = W.shape[0]
+
+    if method != "exact" and solver == "iterative":
+        rows, k, lam, residual = _iterative_rows(
+            W,
+            p,
+            wbar,
+            ids,
+            rank=rank,
+            n_probes=n_probes if method == "sketch" else 0,
+            eps=eps,
+            trace_support=trace_support,
+            generator=generator,
+        )
+        done = make(method, rows, k, False, lam)
+        done.residual = residual
+        return done
 
     if method == "exact" and (decompose or ids.numel() <= d):
         cand = candidate_rows(W, p, wbar, ids)

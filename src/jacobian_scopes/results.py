@@ -62,7 +62,9 @@ class FisherDetails:
       ``tail_mass · max_{j∉S} ‖J_tᵀ(w_j − w̄)‖²`` (``tail_fisher_fraction`` of tr F).
     * ``captured``: share of ``tr F_S`` held by the deterministic directions (1 for exact;
       for principal, the score is a lower bound that keeps this share in the isotropic case).
-    * ``stderr`` (sketch): standard error of each token's score, from the probes' spread.
+    * ``stderr`` (sketch): standard error of each token's score, from the probes' spread
+      (with one probe, the bound √2 × its own term: one Gaussian probe of ``tr M`` has
+      sd ``√2‖M‖_F ≤ √2 tr M``).
     * ``contributions`` (exact, ``decompose=True``): ``p_j ‖J_tᵀ(w_j − w̄)‖²``, one row per
       candidate next token; the rows sum to the scores.
 

@@ -280,7 +280,8 @@ def fisher_scope(
 
     * ``"sketch"`` (default): the top ``rank`` (default 8) eigen-directions of ``F`` exactly
       plus ``n_probes`` random probes of the rest: unbiased, ``rank + n_probes`` VJPs,
-      ``result.fisher.stderr`` per token.
+      ``result.fisher.stderr`` per token (with ``n_probes=1``, a bound: √2 × the probe's
+      own term).
     * ``"exact"``: ``min(|S|, d)`` VJPs; with ``decompose=True``, one VJP per candidate next
       token and ``result.fisher.contributions`` (candidate × token).
     * ``"principal"``: the top ``rank`` (default 1) eigen-directions (the authors' default).
