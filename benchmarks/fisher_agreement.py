@@ -39,6 +39,8 @@ CANDIDATES = [
     ("principal k=8", "principal", 8, 0),
     ("adaptive 50%", "adaptive:0.5", 8, 0),
     ("adaptive 80%", "adaptive:0.8", 8, 0),
+    ("sketch k=0 + 1 probe", "sketch", 0, 1),
+    ("sketch k=0 + 2 probes", "sketch", 0, 2),
     ("sketch k=1 + 1 probe", "sketch", 1, 1),
     ("sketch k=1 + 3 probes", "sketch", 1, 3),
     ("sketch k=0 + 4 probes", "sketch", 0, 4),
