@@ -3,9 +3,9 @@
     python benchmarks/attention_finding.py --limit 45 [--paper-limit N] [--model gemma-3-270m]
 
 On the first --limit LAMBADA passages, under both protocols, it scores the same passages with
-the Semantic scope, last-layer attention, the attention of *every* layer, a "recency" order
-(the nearest tokens first, no model at all) and a random order, and measures each ranking
-three ways:
+the Semantic scope, last-layer attention, the attention of every 4th layer and the last, a
+random order and two orders that use no model: "recency" (the nearest tokens first) and
+"earliest" (the first tokens first). It measures each ranking three ways:
 
 * ``zero``: the harness's deletion (the input embedding zeroed; the token stays in the
   sequence, keeps its position and is still attended). This is the AOPC of

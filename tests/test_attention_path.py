@@ -326,6 +326,8 @@ def test_sdpa_and_eager_agree_on_the_default_model(smollm):
         "news every morning, votes in every election, and argues about politics. He is a"
     )
     assert 30 <= smollm.to_tokens(prompt).shape[1] <= 50
+    if ModelAdapter(smollm).kind != "bridge":
+        pytest.skip("the default model is a HookedTransformer here: it has no SDPA path")
     eager = js.semantic_scope(smollm, prompt, " liberal", sources="resid_pre", attention="eager")
     sdpa = js.semantic_scope(smollm, prompt, " liberal", sources="resid_pre", attention="sdpa")
     torch.testing.assert_close(sdpa.scores, eager.scores, rtol=1e-3, atol=1e-5)
