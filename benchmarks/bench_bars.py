@@ -21,13 +21,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import fisher_solver, fisher_variant
+from common import fisher_solver, fisher_variant, median_time
 from jacobian_scopes.eval.passages import LAMBADA_200 as LAMBADA
 
 
@@ -46,17 +45,6 @@ def _tokens(tokenizer: Any, n: int) -> torch.Tensor:
     bos = tokenizer.bos_token_id
     head = [bos] if bos is not None else []
     return torch.tensor([head + ids[: n - len(head)]])
-
-
-def _median(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None) -> dict[str, Any]:
@@ -101,7 +89,7 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
     out: dict[str, Any] = {"tokens": n, "threads": torch.get_num_threads(), "seconds": {}}
     for name, fn in work.items():
         with fisher_solver(solver):
-            out["seconds"][name] = _median(fn, reps)
+            out["seconds"][name] = median_time(fn, reps)
         print(f"  T={n} {name}: {out['seconds'][name]:.3f} s", file=sys.stderr, flush=True)
     from jacobian_scopes import fisher
 

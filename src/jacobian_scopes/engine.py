@@ -451,6 +451,10 @@ def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str
     return activation_bytes(adapter, shape) > ACTIVATIONS_ABOVE_BYTES
 
 
+def _bytes_per_value(adapter: ModelAdapter) -> int:
+    return torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
+
+
 def activation_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
     """A rough estimate of the activations other than attention patterns that one forward
     pass keeps for the backward pass: about ``8 · d_model + 4 · d_mlp`` values per token
@@ -464,7 +468,7 @@ def activation_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
         '11 GB'
     """
     batch, n_pos = int(shape[0]), int(shape[1])
-    per_value = torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
+    per_value = _bytes_per_value(adapter)
     d_mlp = int(getattr(adapter.cfg, "d_mlp", None) or 4 * adapter.d_model)
     per_token = 8 * adapter.d_model + 4 * d_mlp
     return adapter.n_layers * batch * n_pos * per_token * per_value
@@ -486,7 +490,7 @@ def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
         '145 GB'
     """
     batch, n_pos = int(shape[0]), int(shape[1])
-    per_value = torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
+    per_value = _bytes_per_value(adapter)
     return 2 * adapter.n_layers * adapter.n_heads * batch * n_pos * n_pos * per_value
 
 
