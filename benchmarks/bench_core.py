@@ -4,8 +4,8 @@
 
 Reports, on SmolLM2-135M (the embedded default) and a GPT-2-small-shaped random model:
 * Semantic and Temperature time as a ratio to the hand-written reference (median of repeats);
-* Fisher sketch (default) and exact at eps=1e-3 on the SCOPES.md §7 prompts: VJPs used and
-  time relative to Semantic on the same prompt;
+* Fisher sketch (the default: one probe, one VJP) and exact at eps=1e-3 on the SCOPES.md §7
+  prompts: VJPs used and time relative to Semantic on the same prompt;
 * peak resident-memory growth of each call, and that no parameter ever holds a gradient.
 """
 
@@ -138,7 +138,7 @@ def markdown(out: dict) -> str:
         )
     lines += [
         "",
-        "| prompt | tokens | \\|S\\| at ε=1e-3 | exact VJPs | Semantic | sketch (16 VJPs) "
+        "| prompt | tokens | \\|S\\| at ε=1e-3 | exact VJPs | Semantic | sketch (default, 1 VJP) "
         "| exact | sketch rel. error | exact peak |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -146,7 +146,7 @@ def run(
     return rows, plans
 
 
-PLAN_SETTINGS = ["sketch:8:8", "sketch:1:1", "principal:1:0"]
+PLAN_SETTINGS = ["sketch:0:1", "sketch:8:8", "sketch:1:1", "principal:1:0"]
 
 
 def plan_rows(

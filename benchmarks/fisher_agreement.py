@@ -1,6 +1,6 @@
 """How close each Fisher method comes to the exact trace, from full Jacobians.
 
-    python benchmarks/fisher_agreement.py --dump DIR [--lambada N]   # slow: d VJPs a prompt
+    python benchmarks/fisher_agreement.py --dump DIR [--lambada N] [--threads K]  # slow
     python benchmarks/fisher_agreement.py --evaluate DIR            # seconds
 
 ``--dump`` saves, for the SCOPES.md §7 prompts and N LAMBADA passages on SmolLM2, the full
@@ -31,7 +31,8 @@ from jacobian_scopes.eval.passages import load_lambada
 # (label, method, rank, n_probes); "adaptive:x" keeps the smallest rank whose eigenvalues
 # hold a share x of tr F_S (at most 8). Every candidate runs with both solvers (see
 # jacobian_scopes.fisher): their eigen-directions agree to the iterative solver's tolerance,
-# but their probes differ, so the sketch's figures are two draws of the same estimator.
+# but their probes differ, so the sketch's figures are two draws of the same estimator (a
+# sketch with k=0 needs no solver: both rows are the same draw).
 CANDIDATES = [
     ("principal k=1", "principal", 1, 0),
     ("principal k=2", "principal", 2, 0),
@@ -39,12 +40,12 @@ CANDIDATES = [
     ("principal k=8", "principal", 8, 0),
     ("adaptive 50%", "adaptive:0.5", 8, 0),
     ("adaptive 80%", "adaptive:0.8", 8, 0),
-    ("sketch k=0 + 1 probe", "sketch", 0, 1),
+    ("sketch k=0 + 1 probe (the default)", "sketch", 0, 1),
     ("sketch k=0 + 2 probes", "sketch", 0, 2),
     ("sketch k=1 + 1 probe", "sketch", 1, 1),
     ("sketch k=1 + 3 probes", "sketch", 1, 3),
     ("sketch k=0 + 4 probes", "sketch", 0, 4),
-    ("sketch k=8 + 8 probes (the default)", "sketch", 8, 8),
+    ("sketch k=8 + 8 probes (the former default)", "sketch", 8, 8),
 ]
 
 
@@ -151,8 +152,9 @@ def main() -> None:
     ap.add_argument("--dump", type=Path)
     ap.add_argument("--evaluate", type=Path)
     ap.add_argument("--lambada", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.dump:
         dump(args.dump, args.lambada)
     if args.evaluate:

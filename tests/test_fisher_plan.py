@@ -1,7 +1,7 @@
 """The Fisher plans' solvers: the matrix-free eigen-directions equal a dense
 eigendecomposition (rows formed or streamed through W), their probes have the covariance
-they promise, and one eigen-direction plus one probe is unbiased for the exact trace with
-the standard error it reports."""
+they promise and random signs, one eigen-direction plus one probe is unbiased for the exact
+trace with the standard error it reports, and so is the default (one probe, one VJP)."""
 
 from __future__ import annotations
 
@@ -93,23 +93,153 @@ def test_an_unknown_solver_is_refused():
         fisher.plan(W, p, solver="lanczos")  # type: ignore[arg-type]
 
 
+def _exact_trace(model, toks) -> torch.Tensor:
+    J, y = helpers.brute_jacobian(model, toks)
+    W_U = model.W_U.detach().double()
+    probs = torch.softmax(y[-1].double() @ W_U + model.b_U.detach().double(), dim=-1)
+    return helpers.fisher_trace(J, helpers.dense_fisher(W_U, probs))
+
+
+def _unbiased_with_its_stderr(runs, exact: torch.Tensor) -> torch.Tensor:
+    """Assert that the mean over seeds meets the exact trace and that the reported one-probe
+    bound √2·(probe term) covers the actual spread on average; return the scores."""
+    scores = torch.stack([r.scores.double() for r in runs])
+    mean, sem = scores.mean(0), scores.std(0) / len(runs) ** 0.5
+    assert ((mean - exact).abs() <= 4 * sem + 1e-6).all()
+    stderr = torch.stack([r.fisher.stderr.double() for r in runs]).mean(0)
+    assert (scores.std(0) <= stderr * 1.05 + 1e-9).all()
+    return scores
+
+
 @pytest.mark.parametrize("solver", ["gram", "iterative"])
 def test_one_direction_and_one_probe_is_unbiased_with_its_stderr(monkeypatch, tiny, solver):
     monkeypatch.setattr(fisher, "DEFAULT_SOLVER", solver)
     model, _, _ = tiny
     toks = helpers.tokens(7, seed=1)
-    J, y = helpers.brute_jacobian(model, toks)
-    W_U = model.W_U.detach().double()
-    probs = torch.softmax(y[-1].double() @ W_U + model.b_U.detach().double(), dim=-1)
-    exact = helpers.fisher_trace(J, helpers.dense_fisher(W_U, probs))
     runs = [js.fisher_scope(model, toks, eps=0.0, rank=1, n_probes=1, seed=s) for s in range(60)]
     assert runs[0].fisher.method == "sketch" and runs[0].fisher.n_vjps == 2
-    scores = torch.stack([r.scores.double() for r in runs])
-    mean, sem = scores.mean(0), scores.std(0) / len(runs) ** 0.5
-    assert ((mean - exact).abs() <= 4 * sem + 1e-6).all()
-    # the reported one-probe bound √2·(probe term) covers the actual spread on average
-    stderr = torch.stack([r.fisher.stderr.double() for r in runs]).mean(0)
-    assert (scores.std(0) <= stderr * 1.05 + 1e-9).all()
+    scores = _unbiased_with_its_stderr(runs, _exact_trace(model, toks))
     principal = js.fisher_scope(model, toks, method="principal", eps=0.0).scores.double()
     # the deterministic part is the principal score; the probe only adds
     assert (scores.min(0).values >= principal - 1e-5).all()
+
+
+def _peaked(masses: list[float], d: int = 8, V: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """An unembedding and a distribution whose support at ε = 0.3 is its first tokens (the
+    rest keeps enough mass that w̄ is not a mix of the support's columns alone)."""
+    W, _ = _unembedding(d=d, V=V, seed=4)
+    p = torch.full((V,), (1.0 - sum(masses)) / (V - len(masses)))
+    p[: len(masses)] = torch.tensor(masses)
+    return W, p
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_probe_of_a_one_candidate_support_is_exact(seed):
+    # Random signs: the probe is ±a_0, so r rᵀ = F_S exactly (a Gaussian weight g would
+    # give g² F_S).
+    W, p = _peaked([0.75])
+    plan = fisher.plan(W, p, eps=0.3, generator=torch.Generator().manual_seed(seed))
+    assert plan.support_ids.tolist() == [0] and plan.rows.shape[0] == 1
+    F_S = fisher.candidate_rows(W, p, W @ p, plan.support_ids).T
+    F_S = F_S @ F_S.T
+    scale = F_S.norm()
+    torch.testing.assert_close(
+        torch.outer(plan.rows[0], plan.rows[0]) / scale, F_S / scale, atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_probe_of_a_rank_one_remainder_is_exact_with_the_gram_solver(seed):
+    W, p = _peaked([0.5, 0.3])
+    plan = fisher.plan(
+        W,
+        p,
+        eps=0.3,
+        rank=1,
+        n_probes=1,
+        solver="gram",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    A = fisher.candidate_rows(W.double(), p.double(), W.double() @ p.double(), plan.support_ids)
+    lam, U = torch.linalg.eigh(A.T @ A)
+    remainder = lam[-2] * torch.outer(U[:, -2], U[:, -2])
+    probe = plan.rows[1].double()
+    scale = remainder.norm()
+    torch.testing.assert_close(
+        torch.outer(probe, probe) / scale, remainder / scale, atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize("n_probes", [1, 3, 5000])  # streamed through W / rows formed
+def test_probes_without_eigen_directions_are_the_support_rows_under_random_signs(n_probes):
+    W, p = _unembedding(d=16, V=400)
+    plan = fisher.plan(W, p, n_probes=n_probes, generator=torch.Generator().manual_seed(5))
+    signs = fisher.random_signs(
+        (n_probes, plan.support_ids.numel()), torch.Generator().manual_seed(5)
+    )
+    assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    want = signs @ fisher.candidate_rows(W, p, W @ p, plan.support_ids)
+    torch.testing.assert_close(plan.rows, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_is_one_probe_and_no_eigen_direction(tiny):
+    W, p = _unembedding(d=16, V=400)
+    plan = fisher.plan(W, p)
+    assert (plan.method, plan.n_exact, plan.n_probes) == ("sketch", 0, fisher.DEFAULT_N_PROBES)
+    assert fisher.DEFAULT_N_PROBES == 1 and plan.eigenvalues is None
+    model, _, _ = tiny
+    r = js.fisher_scope(model, helpers.tokens(7, seed=1))
+    assert (r.fisher.method, r.fisher.n_vjps, r.fisher.rank, r.fisher.captured) == (
+        "sketch",
+        1,
+        0,
+        0.0,
+    )
+    assert r.fisher.is_unbiased and r.fisher.stderr is not None
+    from jacobian_scopes.viz.tokens import describe
+
+    assert "[sketch, 1 VJP]" in repr(r) and describe(r).endswith("sketch, 1 VJP")
+    many = js.fisher_scope(model, helpers.tokens(7, seed=1), rank=2, n_probes=2)
+    assert "[sketch, 4 VJPs]" in repr(many)
+
+
+def test_every_public_fisher_entry_point_has_the_same_default():
+    import inspect
+
+    from jacobian_scopes import call
+
+    for fn in (js.fisher_scope, js.generate_scope, call.fisher):
+        params = inspect.signature(fn).parameters
+        assert params["n_probes"].default == fisher.DEFAULT_N_PROBES, fn
+        assert params["rank"].default is None and params["method"].default == "sketch", fn
+
+
+def test_the_one_probe_default_is_unbiased_with_its_stderr(tiny):
+    model, _, _ = tiny
+    toks = helpers.tokens(7, seed=2)
+    runs = [js.fisher_scope(model, toks, eps=0.0, seed=s) for s in range(80)]
+    assert {r.fisher.n_vjps for r in runs} == {1}
+    _unbiased_with_its_stderr(runs, _exact_trace(model, toks))
+    # one seed, one answer: the probe is drawn from the call's seed
+    again = js.fisher_scope(model, toks, eps=0.0, seed=3).scores
+    torch.testing.assert_close(again, runs[3].scores, rtol=0, atol=0)
+
+
+def test_column_norms_are_computed_once_per_unembedding(monkeypatch, tiny):
+    # The option check plans on a toy 2 × 2 unembedding each call; it must not evict the
+    # model's norms (a pass over the whole vocabulary, the plan's biggest cost).
+    model, _, _ = tiny
+    monkeypatch.setattr(fisher, "_NORMS_CACHE", {})
+    computed = []
+    norm = torch.linalg.vector_norm
+
+    def counting(x, *args, **kwargs):
+        if kwargs.get("dim") == 0:  # column norms (others are taken elsewhere in a call)
+            computed.append(tuple(x.shape))
+        return norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(fisher.torch.linalg, "vector_norm", counting)
+    toks = helpers.tokens(7, seed=1)
+    for _ in range(3):
+        js.fisher_scope(model, toks)
+    assert computed.count(tuple(model.W_U.shape)) == 1

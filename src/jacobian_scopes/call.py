@@ -428,7 +428,7 @@ def fisher(
     method: FisherMethodName = "sketch",
     eps: float = 1e-3,
     rank: int | None = None,
-    n_probes: int = 8,
+    n_probes: int = 1,
     decompose: bool = False,
     seed: int | None = 0,
     vjp_batch_size: int | None = None,

@@ -166,13 +166,13 @@ class FisherOptions:
     method: FisherMethodName = "sketch"
     eps: float = 1e-3
     rank: int | None = None
-    n_probes: int = 8
+    n_probes: int = fisher_math.DEFAULT_N_PROBES
     decompose: bool = False
     seed: int | None = 0
 
     @property
     def resolved_rank(self) -> int:
-        return self.rank if self.rank is not None else (1 if self.method == "principal" else 8)
+        return self.rank if self.rank is not None else fisher_math.default_rank(self.method)
 
     def plan(self, adapter: ModelAdapter, probs: Float[Tensor, " vocab"]) -> fisher_math.FisherPlan:
         """The rows for one explained position. The sketch's probes come from a generator
@@ -249,7 +249,8 @@ def fisher_combine(
             spread = {s: sq[k:].std(0) / plan.n_probes**0.5 for s, sq in squared.items()}
             stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
         else:
-            # One Gaussian probe of tr M has sd √2‖M‖_F ≤ √2 tr M: bound it by its own value.
+            # One random-sign probe of tr M has sd ≤ √2‖M‖_F ≤ √2 tr M: bound it by its own
+            # value.
             spread = {s: sq[k:].sum(0) * 2**0.5 for s, sq in squared.items()}
             stderr = arrange(spec, {s: v.cpu() for s, v in spread.items()})[0]
     else:

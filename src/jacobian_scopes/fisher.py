@@ -14,21 +14,26 @@ with ``Σ_k r_k r_kᵀ = F``. Every method below only chooses those rows:
   ``0 ≤ exact − score ≤ tail_mass · max_{j∉S} ‖J_tᵀ(w_j − w̄)‖²``.
 * ``principal``: the top ``rank`` eigen-directions only (the authors' default, rank 1):
   a lower bound that keeps ``captured`` of ``tr F_S``.
-* ``sketch``: the top ``rank`` eigen-directions exactly plus ``n_probes`` Gaussian probes
-  of the remainder: unbiased for ``tr(J_tᵀ F_S J_t)``, with a per-token standard error
-  from the spread of the probes (with one probe, a bound from its own size).
+* ``sketch``: the top ``rank`` eigen-directions exactly plus ``n_probes`` random-sign
+  (Rademacher) probes of the remainder: unbiased for ``tr(J_tᵀ F_S J_t)``, with a
+  per-token standard error from the spread of the probes (with one probe, a bound from
+  its own size). With ``rank = 0`` (the default: one VJP) no eigen-direction is needed:
+  the probe is ``r = A_Sᵀ s`` with random signs ``s`` over the support, so
+  ``‖J_tᵀ r‖² = Σ_j ‖J_tᵀ a_j‖² + Σ_{i≠j} s_i s_j ⟨J_tᵀ a_i, J_tᵀ a_j⟩``: every
+  candidate's own term is exact and only the cross terms are noise. Signs never have
+  more variance than Gaussian weights, which add noise to the own terms too.
 
 ``principal`` and ``sketch`` find their eigen-directions with one of two solvers:
 
 * ``"gram"``: the full eigendecomposition of the Gram matrix of ``A_S``, formed on
   whichever side of A is smaller (``O(|S| d²)``, and a d × d matrix once ``|S| > d``);
-  probes ``r = Σ_{k>rank} √λ_k g_k u_k``.
+  probes ``r = Σ_{k>rank} √λ_k s_k u_k``.
 * ``"iterative"``: block subspace iteration with Rayleigh–Ritz on
   ``F_S v = A_Sᵀ(A_S v)``, never a d × d matrix. It starts on the most probable rows (a
   few thousand) and finishes on the whole support, where the support's rows are formed
   only when ``|S| × d`` is small and otherwise every product streams ``W`` with the
   probabilities masked: a plan costs a few passes over ``W``. Probes
-  ``r = (I − UUᵀ) A_Sᵀ g``, ``g ∼ N(0, I_|S|)``.
+  ``r = (I − UUᵀ) A_Sᵀ s``, ``s`` random signs over the support.
 
 :data:`DEFAULT_SOLVER` picks one when the caller names none. ``exact`` always uses the
 Gram matrix (its ``min(|S|, d)`` VJPs cost far more than the plan).
@@ -54,6 +59,24 @@ SOLVERS: tuple[str, ...] = ("gram", "iterative")
 #: is faster depends on |S|, d and the vocabulary (see benchmarks/bench_bars.py and
 #: bench_gpu.py ``--solver``); both give the same eigen-directions to ``tol``.
 DEFAULT_SOLVER: Solver = "gram"
+
+#: The Fisher scope's default: one random-sign probe of ``F_S`` and no eigen-direction, a
+#: single VJP. Chosen by measurement against ``exact`` (docs/speed.md, "Which Fisher method
+#: is the default"): of the one-VJP methods it is unbiased and ranks tokens best in the
+#: worst case, and each further VJP costs about 0.43× the floor at 256 tokens.
+DEFAULT_N_PROBES = 1
+
+
+def default_rank(method: str) -> int:
+    """The rank a method uses when the caller gives none: 1 for ``principal`` (the authors'
+    default), 0 for ``sketch`` (probes only), unused by ``exact``."""
+    return 1 if method == "principal" else 0
+
+
+def random_signs(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """Rademacher ±1 weights (float32, CPU), drawn from ``generator``."""
+    return torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1)
+
 
 _GRAM_CHUNK = 8192
 # Above this many entries the support's rows are not formed (see _Support).
@@ -117,7 +140,10 @@ def candidate_rows(
     # A row gather of Wᵀ when it is contiguous (tied embeddings): a column gather of a
     # row-major d × V matrix reads the whole of it.
     cols = W_U.T.index_select(0, ids) if W_U.T.is_contiguous() else W_U[:, ids].T
-    return p[ids].sqrt()[:, None] * (cols - wbar)
+    # In place on the fresh gather: two more |S| × d temporaries cost as much as the gather.
+    if cols.requires_grad or cols.dtype != torch.promote_types(cols.dtype, wbar.dtype):
+        return p[ids].sqrt()[:, None] * (cols - wbar)
+    return cols.sub_(wbar).mul_(p[ids].sqrt()[:, None])
 
 
 def _eigen(
@@ -141,6 +167,20 @@ def _eigen(
         lam, U = lam[keep], U[:, keep]
     order = torch.argsort(lam, descending=True)
     return lam[order], U[:, order]
+
+
+def _support_times(
+    W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, g: Float[Tensor, "n S"]
+) -> Float[Tensor, "n d"]:
+    """``A_Sᵀ g_i`` for a few vectors over the support, without forming ``A_S``: a product
+    with ``W`` over the whole vocabulary (the weights masked to the support) reads ``W`` once
+    in its own order, where gathering the support's rows reads it and copies |S| × d."""
+    if g.shape[0] * W.shape[1] > ids.numel() * W.shape[0]:  # many vectors: form the rows
+        return g @ candidate_rows(W, p, wbar, ids)
+    weights = p[ids].sqrt()[:, None] * g.T  # (S, n)
+    x = torch.zeros((W.shape[1], g.shape[0]), dtype=W.dtype, device=W.device)
+    x[ids] = weights.to(W.dtype)
+    return (W @ x).T - torch.outer(weights.sum(0), wbar)
 
 
 class _Support:
@@ -265,9 +305,9 @@ def _iterative_rows(
     rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
     if n_probes == 0 or trace_support <= 0:
         return rows, k, lam, residual
-    # r = (I − UUᵀ) A_Sᵀ g with g ∼ N(0, I_|S|): E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
+    # r = (I − UUᵀ) A_Sᵀ s with random signs s: E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
     # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
-    g = torch.randn((n_probes, ids.numel()), generator=generator, dtype=torch.float32)
+    g = random_signs((n_probes, ids.numel()), generator)
     probes = op.rows_times(g.to(W.device))
     probes = probes - (probes @ U) @ U.T
     return torch.cat([rows, probes]), k, lam, residual
@@ -284,11 +324,13 @@ def _column_norms(W_U: Tensor, W: Float[Tensor, "d V"]) -> Float[Tensor, " V"]:
     d, V = W_U.shape
     sample = float(W_U[:: max(1, d // 16), :: max(1, V // 256)].double().sum())
     key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape), W_U.dtype, W_U.device, sample)
-    hit = _NORMS_CACHE.get(key)
+    hit = _NORMS_CACHE.pop(key, None)
     if hit is None:
-        hit = W.pow(2).sum(0)
-        _NORMS_CACHE.clear()  # one unembedding at a time
-        _NORMS_CACHE[key] = hit
+        # No V × d temporary (W.pow(2) would copy the whole unembedding).
+        hit = torch.linalg.vector_norm(W, dim=0).square()
+        while len(_NORMS_CACHE) >= 4:  # a few unembeddings (V floats each), oldest out
+            del _NORMS_CACHE[next(iter(_NORMS_CACHE))]
+    _NORMS_CACHE[key] = hit  # most recent last
     return hit
 
 
@@ -298,16 +340,17 @@ def plan(
     *,
     method: FisherMethod = "sketch",
     eps: float = 1e-3,
-    rank: int = 8,
-    n_probes: int = 8,
+    rank: int | None = None,
+    n_probes: int = DEFAULT_N_PROBES,
     decompose: bool = False,
     generator: torch.Generator | None = None,
     solver: Solver | None = None,
 ) -> FisherPlan:
     """Choose the rows for one explained position. ``p`` is the next-token distribution.
 
-    ``solver`` finds the eigen-directions of ``principal`` and ``sketch`` (``"gram"`` or
-    ``"iterative"``, see the module's docstring); ``None`` means :data:`DEFAULT_SOLVER`.
+    ``rank`` defaults to :func:`default_rank`. ``solver`` finds the eigen-directions of
+    ``principal`` and ``sketch`` (``"gram"`` or ``"iterative"``, see the module's
+    docstring); ``None`` means :data:`DEFAULT_SOLVER`.
 
     Example:
         >>> import torch
@@ -320,6 +363,7 @@ def plan(
         True
     """
     solver = DEFAULT_SOLVER if solver is None else solver
+    rank = default_rank(method) if rank is None else rank
     if solver not in SOLVERS:
         raise ScopeInputError(f"unknown Fisher solver {solver!r}; choose one of {SOLVERS}")
     if method not in METHODS:
@@ -339,10 +383,10 @@ def plan(
     col_sq = _column_norms(W_U, W)
     trace_full = float((p.double() * col_sq.double()).sum() - wbar.double().pow(2).sum())
     ids = support(p, eps)
-    # Σ_{j∈S} p_j ‖w_j − w̄‖² without forming the |S| × d rows (nor, for a large
-    # support, a d × |S| copy of W).
-    big = ids.numel() * W.shape[0] > _ROWS_LIMIT
-    proj = (wbar @ W)[ids] if big else wbar @ W[:, ids]
+    # Σ_{j∈S} p_j ‖w_j − w̄‖² without forming the |S| × d rows: one product over the whole
+    # vocabulary streams W in its own memory order, where gathering |S| of its columns
+    # costs 15× more (SmolLM2, |S| = 15k: 17 ms against 252 ms on one thread).
+    proj = (wbar @ W)[ids]
     dist_sq = col_sq[ids].double() - 2 * proj.double() + wbar.double().pow(2).sum()
     trace_support = float((p[ids].double() * dist_sq).sum().clamp_min(0))
     tail_mass = float(max(0.0, 1.0 - p[ids].double().sum().item()))
@@ -365,6 +409,13 @@ def plan(
         )
 
     d = W.shape[0]
+
+    if method == "sketch" and rank == 0:
+        # Probes of the whole of F_S need no eigen-direction, so no solver: r = A_Sᵀ s.
+        if trace_support <= 0:
+            return make("sketch", W.new_zeros((0, d)), 0, False, None)
+        signs = random_signs((n_probes, ids.numel()), generator).to(W.device)
+        return make("sketch", _support_times(W, p, wbar, ids, signs), 0, False, None)
 
     if method != "exact" and solver == "iterative":
         rows, k, lam, residual = _iterative_rows(
@@ -397,9 +448,7 @@ def plan(
     if rest.shape[0] == 0 or n_probes == 0:
         probes = rest.new_zeros((0, d))
     else:
-        g = torch.randn(
-            (n_probes, rest.shape[0]), generator=generator, dtype=rest.dtype, device="cpu"
-        ).to(rest.device)
+        g = random_signs((n_probes, rest.shape[0]), generator).to(rest.device, rest.dtype)
         probes = g @ rest  # E[rrᵀ] = Σ_{k>rank} λ_k u_k u_kᵀ
     rows = torch.cat([factor[:k], probes])
     return make("sketch", rows, k, False, lam)

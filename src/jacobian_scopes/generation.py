@@ -107,7 +107,7 @@ def generate_scope(
     method: FisherMethodName = "sketch",
     eps: float = 1e-3,
     rank: int | None = None,
-    n_probes: int = 8,
+    n_probes: int = 1,
     prepend_bos: bool | None = None,
     checkpoint: bool | None = None,
     verbose: bool = False,

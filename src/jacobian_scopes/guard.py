@@ -25,24 +25,30 @@ def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     # the registered tree, so neither model.modules() nor Module.modules reaches it): the
     # wrapped Hugging Face model has modules no Bridge component wraps, such as GPT-2's
     # embedding dropout ``transformer.drop``.
+    # A plain walk over each module's ``_modules``: Module.modules() goes through
+    # named_modules, whose generators and name strings made this walk 26 ms of a 200 ms
+    # scope call on SmolLM2 (two walks a call, ~2,000 modules each).
     seen: dict[int, torch.nn.Module] = {}
-    roots = [model]
-    while roots:
-        for module in torch.nn.Module.modules(roots.pop()):
-            if id(module) in seen:
-                continue
-            seen[id(module)] = module
-            original = module.__dict__.get("original_model")
-            if isinstance(original, torch.nn.Module):
-                roots.append(original)
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen[id(module)] = module
+        original = module.__dict__.get("original_model")
+        if isinstance(original, torch.nn.Module):
+            stack.append(original)
+        stack.extend(reversed([c for c in module._modules.values() if c is not None]))
     return list(seen.values())
 
 
-def _all_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def _all_parameters(
+    model: torch.nn.Module, modules: list[torch.nn.Module] | None = None
+) -> list[torch.nn.Parameter]:
     # nn.Module's own registry, not model.parameters(): TransformerBridge overrides the
     # latter. Every module's own parameters, once each.
     seen: dict[int, torch.nn.Parameter] = {}
-    for module in _all_modules(model):
+    for module in _all_modules(model) if modules is None else modules:
         for p in module._parameters.values():
             if p is not None and id(p) not in seen:
                 seen[id(p)] = p
@@ -95,8 +101,9 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
     with model_lock(model):
         # Touch only what changes: setting thousands of flags through nn.Module.__setattr__
         # would cost tens of milliseconds per call.
-        trainable = [p for p in _all_parameters(model) if p.requires_grad]
-        training = [m for m in _all_modules(model) if m.training]
+        modules = _all_modules(model)
+        trainable = [p for p in _all_parameters(model, modules) if p.requires_grad]
+        training = [m for m in modules if m.training]
         # Built before anything changes, so that the restore is one call of C code (see
         # _set_flags): an interrupt cannot land between its start and its end.
         restore: Callable[[], object] = partial(

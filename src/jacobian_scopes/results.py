@@ -61,10 +61,11 @@ class FisherDetails:
       ``tr(J_tᵀ F_S J_t)``; leaving the tail out lowers the score by at most
       ``tail_mass · max_{j∉S} ‖J_tᵀ(w_j − w̄)‖²`` (``tail_fisher_fraction`` of tr F).
     * ``captured``: share of ``tr F_S`` held by the deterministic directions (1 for exact;
-      for principal, the score is a lower bound that keeps this share in the isotropic case).
+      0 for the default sketch, which has none; for principal, the score is a lower bound
+      that keeps this share in the isotropic case).
     * ``stderr`` (sketch): standard error of each token's score, from the probes' spread
-      (with one probe, the bound √2 × its own term: one Gaussian probe of ``tr M`` has
-      sd ``√2‖M‖_F ≤ √2 tr M``).
+      (with one probe, the default, the bound √2 × its own term: one random-sign probe of
+      ``tr M`` has sd ``≤ √2‖M‖_F ≤ √2 tr M``).
     * ``contributions`` (exact, ``decompose=True``): ``p_j ‖J_tᵀ(w_j − w̄)‖²``, one row per
       candidate next token; the rows sum to the scores.
 
@@ -107,6 +108,11 @@ class FisherDetails:
     @property
     def is_unbiased(self) -> bool:
         return self.method in ("exact", "sketch")
+
+    @property
+    def summary(self) -> str:
+        """The method and its cost, as labels show it: ``"sketch, 1 VJP"``."""
+        return f"{self.method}, {self.n_vjps} VJP{'' if self.n_vjps == 1 else 's'}"
 
 
 @dataclass
@@ -291,7 +297,7 @@ class ScopeResult:
             if self.target.foil is not None:
                 what += f" vs {self.target.foil!r}"
         if self.fisher is not None:
-            what += f" [{self.fisher.method}, {self.fisher.n_vjps} VJPs]"
+            what += f" [{self.fisher.summary}]"
         best = ", ".join(f"{tok!r}={s:.3g}" for _, tok, s in self.top(3))
         return (
             f"ScopeResult({what}; {self.n_tokens} tokens, position {self.position}, "

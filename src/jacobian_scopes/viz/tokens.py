@@ -292,7 +292,7 @@ def describe(result: ScopeResult) -> str:
         what = {"logit": "logit", "logprob": "log-prob"}.get(t.mode, t.mode)
         return f"{name} · {what} of {show_token(tok)}"
     if result.fisher is not None:
-        return f"{name} · {result.fisher.method}, {result.fisher.n_vjps} VJPs"
+        return f"{name} · {result.fisher.summary}"
     if result.scope == "direction":
         return f"{name} · at {result.params.get('at', '?')}"
     return name
