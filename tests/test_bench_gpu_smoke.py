@@ -29,7 +29,7 @@ def test_bench_gpu_smoke_measures_every_row():
     assert not any("out of memory" in r for r in rows)
     assert all(" s |" in r for r in rows)  # every row has a time
     plan_rows = [line for line in plans.splitlines() if line.startswith("| smoke")]
-    # two distributions × three settings × two solvers
-    assert len(plan_rows) == 2 * 3 * 2
+    # two distributions × each setting × two solvers
+    assert len(plan_rows) == 2 * len(bench.PLAN_SETTINGS) * 2
     assert all(" ms |" in r for r in plan_rows)
     assert {r.split("|")[5].strip() for r in plan_rows} == {"gram", "iterative"}
