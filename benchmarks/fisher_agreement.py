@@ -1,7 +1,8 @@
 """How close each Fisher method comes to the exact trace, from full Jacobians.
 
     python benchmarks/fisher_agreement.py --dump DIR [--lambada N] [--threads K]  # slow
-    python benchmarks/fisher_agreement.py --evaluate DIR            # seconds
+    python benchmarks/fisher_agreement.py --evaluate DIR            # minutes
+    python benchmarks/fisher_agreement.py --evaluate DIR --draws 64 # random signs vs Gaussian
 
 ``--dump`` saves, for the SCOPES.md §7 prompts and N LAMBADA passages on SmolLM2, the full
 Jacobian ``J_t = ∂y/∂x_t`` of the final state at the last position (d VJPs, one per output
@@ -88,8 +89,18 @@ def dense_fisher(W_U: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def rows_for(
-    W: torch.Tensor, p: torch.Tensor, method: str, rank: int, n_probes: int, solver: str
+    W: torch.Tensor,
+    p: torch.Tensor,
+    method: str,
+    rank: int,
+    n_probes: int,
+    solver: str,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, int, int]:
+    if method == "gaussian":  # the sketch's probes before they became random signs
+        ids = fisher.support(p, 1e-3)
+        g = torch.randn((n_probes, ids.numel()), generator=torch.Generator().manual_seed(seed))
+        return g @ fisher.candidate_rows(W, p, W @ p, ids), 0, n_probes
     if method.startswith("adaptive:"):
         share = float(method.split(":")[1])
         full = fisher.plan(W, p, method="principal", rank=rank, solver=solver)  # type: ignore[arg-type]
@@ -104,10 +115,49 @@ def rows_for(
         method=method,  # type: ignore[arg-type]
         rank=rank,
         n_probes=n_probes,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed),
         solver=solver,  # type: ignore[arg-type]
     )
     return plan.rows, plan.n_exact, plan.n_probes
+
+
+def _score(J: torch.Tensor, rows: torch.Tensor, n_exact: int, n_probes: int) -> torch.Tensor:
+    pulled = torch.einsum("kd,dti->kti", rows.double(), J)
+    sq = pulled.pow(2).sum(-1)[:, 1:]
+    return sq[:n_exact].sum(0) + (sq[n_exact:].mean(0) if n_probes else 0)
+
+
+def draws(folder: Path, n: int) -> None:
+    """Expected error of one-VJP and two-VJP probes over ``n`` draws per prompt: random
+    signs (the plan's) against Gaussian weights."""
+    model = js.load_default_model()
+    W = model.W_U.detach()
+    kinds = [("1 random-sign probe", "sketch", 1), ("1 Gaussian probe", "gaussian", 1)]
+    kinds += [("2 random-sign probes", "sketch", 2), ("2 Gaussian probes", "gaussian", 2)]
+    out: dict[str, list[tuple[float, float, float]]] = {k[0]: [] for k in kinds}
+    for f in sorted(folder.glob("*.pt")):
+        data = torch.load(f)
+        J, p = data["J"].double(), data["p"]
+        F = dense_fisher(W, p)
+        exact = torch.einsum("itk,ij,jtk->t", J, F, J)[1:]
+        for label, method, n_probes in kinds:
+            rel, rho = [], []
+            for seed in range(n):
+                rows, k, m = rows_for(W, p, method, 0, n_probes, "gram", seed)
+                score = _score(J, rows, k, m)
+                rel.append(float((score - exact).norm() / exact.norm()))
+                rho.append(spearman(score, exact))
+            out[label].append((statistics.mean(rel), statistics.mean(rho), max(rel)))
+        print(f.name, int(J.shape[1]), "tokens", flush=True)
+    print(f"\n{n} draws a prompt; mean over draws, then median / worst over prompts\n")
+    print("| probes | rel. error median / worst | Spearman median / worst | worst draw |")
+    print("|---|---|---|---|")
+    for label, rows_ in out.items():
+        e, r, w = zip(*rows_, strict=True)
+        print(
+            f"| {label} | {statistics.median(e):.3f} / {max(e):.3f} "
+            f"| {statistics.median(r):.3f} / {min(r):.3f} | {max(w):.2f} |"
+        )
 
 
 def evaluate(folder: Path) -> None:
@@ -126,9 +176,7 @@ def evaluate(folder: Path) -> None:
         ):
             label = f"{label}, {solver}"
             rows, n_exact, n_pr = rows_for(W, p, method, rank, n_probes, solver)
-            pulled = torch.einsum("kd,dti->kti", rows.double(), J)
-            sq = pulled.pow(2).sum(-1)[:, 1:]
-            score = sq[:n_exact].sum(0) + (sq[n_exact:].mean(0) if n_pr else 0)
+            score = _score(J, rows, n_exact, n_pr)
             rel = float((score - exact).norm() / exact.norm())
             results[label].append((rel, spearman(score, exact), n_exact + n_pr))
         print(f.name, int(J.shape[1]), "tokens", flush=True)
@@ -153,11 +201,14 @@ def main() -> None:
     ap.add_argument("--evaluate", type=Path)
     ap.add_argument("--lambada", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--draws", type=int, default=0, help="with --evaluate: N draws a prompt")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.dump:
         dump(args.dump, args.lambada)
-    if args.evaluate:
+    if args.evaluate and args.draws:
+        draws(args.evaluate, args.draws)
+    elif args.evaluate:
         evaluate(args.evaluate)
 
 
