@@ -97,9 +97,7 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
         result = js.fisher_scope(model, tokens)
         assert isinstance(result, js.ScopeResult) and result.fisher is not None
         default = result.fisher
-        out["fisher_default"] = (
-            f"{default.method}, {default.n_vjps} VJPs, solver {fisher.DEFAULT_SOLVER}"
-        )
+        out["fisher_default"] = f"{default.summary}, solver {fisher.DEFAULT_SOLVER}"
     return out
 
 

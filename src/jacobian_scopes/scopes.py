@@ -283,7 +283,7 @@ def fisher_scope(
       VJPs (the default: one, as cheap as Semantic), ``result.fisher.stderr`` per token
       (with one probe, a bound: √2 × the probe's own term). ``rank=8, n_probes=8`` (16 VJPs)
       comes within about 10 % of ``exact``; the default within about 50 %, with the token
-      ranking kept (Spearman ≈ 0.94): see the speed page.
+      ranking kept (Spearman ≈ 0.96): see the speed page.
     * ``"exact"``: ``min(|S|, d)`` VJPs; with ``decompose=True``, one VJP per candidate next
       token and ``result.fisher.contributions`` (candidate × token).
     * ``"principal"``: the top ``rank`` (default 1) eigen-directions (the authors' default).
