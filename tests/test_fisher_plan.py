@@ -5,6 +5,8 @@ trace with the standard error it reports, and so is the default (one probe, one 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -201,6 +203,20 @@ def test_the_default_is_one_probe_and_no_eigen_direction(tiny):
     assert "[sketch, 1 VJP]" in repr(r) and describe(r).endswith("sketch, 1 VJP")
     many = js.fisher_scope(model, helpers.tokens(7, seed=1), rank=2, n_probes=2)
     assert "[sketch, 4 VJPs]" in repr(many)
+
+
+def test_views_say_how_noisy_a_sketched_fisher_result_is(tiny):
+    # One probe's scores are off by about half: a view must not read as exact.
+    from jacobian_scopes.viz.tokens import context
+
+    model, _, _ = tiny
+    toks = helpers.tokens(7, seed=1)
+    one = js.fisher_scope(model, toks)
+    assert "one random probe: unbiased, s.e. up to √2 × each score" in context(one)
+    many = context(js.fisher_scope(model, toks, n_probes=4))
+    assert re.search(r"· 4 random probes: s\.e\. \d+% of a score \(median\) ·", many)
+    assert "probe" not in context(js.fisher_scope(model, toks, method="exact"))
+    assert "probe" not in context(js.semantic_scope(model, toks, 3))
 
 
 def test_every_public_fisher_entry_point_has_the_same_default():

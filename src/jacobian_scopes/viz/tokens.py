@@ -320,8 +320,27 @@ def context(result: ScopeResult) -> str:
     if result.top_predictions:
         best = result.top_predictions[0]
         parts.append(f"model's top prediction {show_token(best.token)} ({best.prob:.1%})")
+    noise = fisher_noise(result)
+    if noise:
+        parts.append(noise)
     parts.append(result.model_name)
     return " · ".join(parts)
+
+
+def fisher_noise(result: ScopeResult) -> str | None:
+    """How noisy a sketched Fisher result is, in words, so that a view of one probe's
+    scores is not read as exact."""
+    f = result.fisher
+    if f is None or f.n_probes == 0 or f.stderr is None:
+        return None
+    if f.n_probes == 1:
+        return "one random probe: unbiased, s.e. up to √2 × each score"
+    scores, stderr = result.scores.flatten().float(), f.stderr.flatten().float()
+    keep = scores > 0
+    if not bool(keep.any()):
+        return None
+    share = float((stderr[keep] / scores[keep]).median())
+    return f"{f.n_probes} random probes: s.e. {share:.0%} of a score (median)"
 
 
 def target_text(result: ScopeResult) -> tuple[str | None, bool]:
