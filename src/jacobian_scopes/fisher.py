@@ -177,10 +177,17 @@ def _support_times(
     in its own order, where gathering the support's rows reads it and copies |S| × d."""
     if g.shape[0] * W.shape[1] > ids.numel() * W.shape[0]:  # many vectors: form the rows
         return g @ candidate_rows(W, p, wbar, ids)
-    weights = p[ids].sqrt()[:, None] * g.T  # (S, n)
+    return _masked_times(W, p[ids].sqrt(), wbar, ids, g)
+
+
+def _masked_times(
+    W: Tensor, sqrt_p: Tensor, wbar: Tensor, ids: Tensor, g: Float[Tensor, "n S"]
+) -> Float[Tensor, "n d"]:
+    """``A_Sᵀ g_i = Σ_{j∈S} g_ij √p_j (w_j − w̄)`` as one product with the whole of ``W``,
+    the weights placed at the support's ids (``sqrt_p`` = ``√p`` over the support)."""
     x = torch.zeros((W.shape[1], g.shape[0]), dtype=W.dtype, device=W.device)
-    x[ids] = weights.to(W.dtype)
-    return (W @ x).T - torch.outer(weights.sum(0), wbar)
+    x[ids] = (sqrt_p[:, None] * g.T).to(W.dtype)
+    return (W @ x).T - torch.outer(g @ sqrt_p, wbar)
 
 
 class _Support:
@@ -218,9 +225,7 @@ class _Support:
         """``A_Sᵀ g_i`` for vectors ``g_i`` over the support (most probable first)."""
         if self.rows is not None:
             return g @ self.rows
-        x = torch.zeros((self.W.shape[1], g.shape[0]), dtype=g.dtype, device=g.device)
-        x[self.ids] = (self.sqrt_p[:, None] * g.T).to(x.dtype)
-        return (self.W @ x).T - torch.outer(g @ self.sqrt_p, self.wbar)
+        return _masked_times(self.W, self.sqrt_p, self.wbar, self.ids, g)
 
 
 def top_eigen(
