@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -127,6 +128,18 @@ def _score(J: torch.Tensor, rows: torch.Tensor, n_exact: int, n_probes: int) -> 
     return sq[:n_exact].sum(0) + (sq[n_exact:].mean(0) if n_probes else 0)
 
 
+def _prompts(
+    folder: Path, W: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(J, p, exact scores without BOS) of each dumped prompt, in order; prints its length."""
+    for f in sorted(folder.glob("*.pt")):
+        data = torch.load(f)
+        J, p = data["J"].double(), data["p"]
+        exact = torch.einsum("itk,ij,jtk->t", J, dense_fisher(W, p), J)[1:]
+        yield J, p, exact
+        print(f.name, int(J.shape[1]), "tokens", flush=True)
+
+
 def draws(folder: Path, n: int) -> None:
     """Expected error of one-VJP and two-VJP probes over ``n`` draws per prompt: random
     signs (the plan's) against Gaussian weights."""
@@ -135,11 +148,7 @@ def draws(folder: Path, n: int) -> None:
     kinds = [("1 random-sign probe", "sketch", 1), ("1 Gaussian probe", "gaussian", 1)]
     kinds += [("2 random-sign probes", "sketch", 2), ("2 Gaussian probes", "gaussian", 2)]
     out: dict[str, list[tuple[float, float, float]]] = {k[0]: [] for k in kinds}
-    for f in sorted(folder.glob("*.pt")):
-        data = torch.load(f)
-        J, p = data["J"].double(), data["p"]
-        F = dense_fisher(W, p)
-        exact = torch.einsum("itk,ij,jtk->t", J, F, J)[1:]
+    for J, p, exact in _prompts(folder, W):
         for label, method, n_probes in kinds:
             rel, rho = [], []
             for seed in range(n):
@@ -148,7 +157,6 @@ def draws(folder: Path, n: int) -> None:
                 rel.append(float((score - exact).norm() / exact.norm()))
                 rho.append(spearman(score, exact))
             out[label].append((statistics.mean(rel), statistics.mean(rho), max(rel)))
-        print(f.name, int(J.shape[1]), "tokens", flush=True)
     print(f"\n{n} draws a prompt; mean over draws, then median / worst over prompts\n")
     print("| probes | rel. error median / worst | Spearman median / worst | worst draw |")
     print("|---|---|---|---|")
@@ -165,12 +173,9 @@ def evaluate(folder: Path) -> None:
     W = model.W_U.detach()
     labels = [f"{c[0]}, {s}" for c in CANDIDATES for s in fisher.SOLVERS]
     results: dict[str, list[tuple[float, float, int]]] = {label: [] for label in labels}
-    files = sorted(folder.glob("*.pt"))
-    for f in files:
-        data = torch.load(f)
-        J, p = data["J"].double(), data["p"]
-        F = dense_fisher(W, p)
-        exact = torch.einsum("itk,ij,jtk->t", J, F, J)[1:]
+    n_prompts = 0
+    for J, p, exact in _prompts(folder, W):
+        n_prompts += 1
         for (label, method, rank, n_probes), solver in (
             (c, s) for c in CANDIDATES for s in fisher.SOLVERS
         ):
@@ -179,8 +184,7 @@ def evaluate(folder: Path) -> None:
             score = _score(J, rows, n_exact, n_pr)
             rel = float((score - exact).norm() / exact.norm())
             results[label].append((rel, spearman(score, exact), n_exact + n_pr))
-        print(f.name, int(J.shape[1]), "tokens", flush=True)
-    print(f"\n{len(files)} prompts; exact = tr(J_tᵀ F J_t) over the whole vocabulary\n")
+    print(f"\n{n_prompts} prompts; exact = tr(J_tᵀ F J_t) over the whole vocabulary\n")
     print("| method | VJPs (median) | rel. error median / worst | Spearman median / worst |")
     print("|---|---|---|---|")
     for label, figures in results.items():
