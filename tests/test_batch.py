@@ -325,3 +325,16 @@ def test_a_misspelt_option_is_refused_like_a_python_keyword(kind):
     for call in (js.semantic_scope, js.temperature_scope, js.fisher_scope):
         with pytest.raises(TypeError, match="unexpected keyword argument 'postion'"):
             call(model, "w1 w2", postion=0)
+
+
+def test_verbose_shows_a_progress_bar_and_a_quiet_call_shows_none(capsys):
+    model = helpers.warmed_model(helpers.model_kinds()[0], "gpt2")
+    js.semantic_scope(model, prompts()[:2], 11)
+    js.generate_scope(model, prompts()[0], 2)
+    quiet = capsys.readouterr()
+    assert (quiet.out, quiet.err) == ("", "")
+    js.semantic_scope(model, prompts()[:2], 11, verbose=True)
+    js.generate_scope(model, prompts()[0], 2, verbose=True)
+    shown = capsys.readouterr().err
+    assert "semantic scope" in shown and "2/2" in shown
+    assert "generating" in shown

@@ -112,6 +112,14 @@ def test_interrupts_during_scope_calls_leave_the_model_as_it_was():
     model.eval()
     expected = js.semantic_scope(helpers.warmed_model(helpers.model_kinds()[0], "gpt2"), toks, 11)
     assert torch.equal(js.semantic_scope(model, toks, 11).scores, expected.scores)
+    # Nothing an interrupt cut short is left held: a call in another thread goes through.
+    got: list[torch.Tensor] = []
+    other = threading.Thread(
+        target=lambda: got.append(js.semantic_scope(model, toks, 11).scores), daemon=True
+    )
+    other.start()
+    other.join(60)
+    assert len(got) == 1 and torch.equal(got[0], expected.scores)
 
 
 @pytest.mark.parametrize("kind", helpers.model_kinds())

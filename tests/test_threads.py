@@ -4,8 +4,10 @@ forward pass in another thread meanwhile gets the right logits."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 
 import pytest
 import torch
@@ -42,6 +44,14 @@ def _sequential(model):
     return {job: CALLS[job[0]](model, PROMPTS[job[1]]) for job in JOBS}
 
 
+def _stacks(threads) -> str:
+    # Where each hung thread is stuck: a hang on another machine is otherwise undiagnosable.
+    frames = sys._current_frames()
+    return "\n".join(
+        "".join(traceback.format_stack(frames[th.ident])) for th in threads if th.ident in frames
+    )
+
+
 def _run_threads(n_threads, target, *args):
     errors: list[BaseException] = []
 
@@ -51,12 +61,15 @@ def _run_threads(n_threads, target, *args):
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n_threads)]
+    # Daemons: a hung thread must fail its test, not keep the worker process from exiting.
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n_threads)]
     for th in threads:
         th.start()
+    deadline = time.monotonic() + 120  # one wait for all: hung threads must not add up
     for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
+        th.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = [th for th in threads if th.is_alive()]
+    assert not hung, "a thread hung:\n" + _stacks(hung)
     if errors:
         raise errors[0]
 
@@ -142,7 +155,7 @@ def test_a_call_waits_while_another_thread_holds_the_model(model):
         done.set()
 
     with js.frozen(model):
-        other = threading.Thread(target=call)
+        other = threading.Thread(target=call, daemon=True)
         other.start()
         # The other thread's call waits for the lock: it cannot finish meanwhile.
         assert not done.wait(0.5)
@@ -153,9 +166,33 @@ def test_a_call_waits_while_another_thread_holds_the_model(model):
             logits = model(toks[None])
             probe.backward(logits[0, -1, 11])
             assert torch.equal(js.semantic_scope(model, toks, 11).scores, expected)
-    assert done.wait(60)
+    assert done.wait(60), _stacks([other])
     other.join()
     assert torch.equal(got["scores"], expected)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, t: js.semantic_scope(m, t, 11),
+        lambda m, t: js.semantic_scope(m, [t, t[:-1]], 11),
+        lambda m, t: js.generate_scope(m, t, 2),
+    ],
+    ids=["one prompt", "a batch", "generation"],
+)
+def test_a_call_in_another_thread_does_not_wait_for_tqdms_lock(model, call):
+    # tqdm takes a process-wide lock (two, one after the other) whenever a bar is made, even a
+    # disabled one: a Ctrl-C between the two leaves the first held by the interrupted thread
+    # for good. The main thread holds it here as such an interrupt leaves it; a call that shows
+    # no bar must not need it.
+    from tqdm import tqdm
+
+    lock = tqdm.get_lock()
+    lock.acquire()
+    try:
+        _run_threads(1, lambda k: call(model, PROMPTS[1]))
+    finally:
+        lock.release()
 
 
 def test_the_lock_is_per_model():
@@ -163,11 +200,13 @@ def test_the_lock_is_per_model():
     b = helpers.warmed_model(helpers.model_kinds()[0], "gpt2")
     toks = PROMPTS[0]
     done = threading.Event()
-    other = threading.Thread(target=lambda: (js.semantic_scope(b, toks, 11), done.set()))
+    other = threading.Thread(
+        target=lambda: (js.semantic_scope(b, toks, 11), done.set()), daemon=True
+    )
     with js.frozen(a):
         start = time.perf_counter()
         other.start()
-        assert done.wait(60), "a call on another model waited for this one's lock"
+        assert done.wait(60), "a call on another model waited:\n" + _stacks([other])
     other.join()
     assert time.perf_counter() - start < 60
 

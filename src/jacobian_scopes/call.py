@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from jacobian_scopes import directions as dirs
 from jacobian_scopes.adapter import ModelAdapter
@@ -42,6 +41,7 @@ from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.fisher import FisherPlan
 from jacobian_scopes.inputs import resolve_position, resolve_tokens, single_token
 from jacobian_scopes.options import DEFAULTS, FisherMethodName, Prompt, SemanticMode, TargetLike
+from jacobian_scopes.progress import progress
 from jacobian_scopes.results import Prediction, ScopeResult
 from jacobian_scopes.sources import (
     SourceSpec,
@@ -194,7 +194,7 @@ def _run(
     first = calls[0]
     pad = pad_id(first.adapter)
     groups = group_by_length([calls[i].tokens.shape[1] for i in order], batch_size)
-    with tqdm(total=len(calls), desc=desc, unit="prompt", disable=not verbose) as bar:
+    with progress(total=len(calls), desc=desc, unit="prompt", verbose=verbose) as bar:
         for start, stop in groups:
             group = [calls[i] for i in order[start:stop]]
             tokens, lengths = pad_batch([c.tokens for c in group], pad)

@@ -33,6 +33,7 @@ from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.inputs import resolve_tokens
 from jacobian_scopes.options import FisherMethodName, Prompt, ScopeName, SemanticMode
+from jacobian_scopes.progress import progress
 from jacobian_scopes.results import GenerationResult
 from jacobian_scopes.sources import resolve_sources
 
@@ -67,14 +68,12 @@ def generate(
         >>> model.to_string(out[0, 1:])
         '1, 2, 3, 4, '
     """
-    from tqdm.auto import tqdm
-
     adapter = ModelAdapter(model)
     generator = torch.Generator().manual_seed(seed)
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     out = tokens
     with frozen(model), torch.no_grad():
-        for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not verbose):
+        for _ in progress(range(max_new_tokens), desc="generating", unit="token", verbose=verbose):
             logits = model(out)[0, -1].float()
             if do_sample:
                 logits = logits / temperature

@@ -48,7 +48,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
@@ -66,6 +65,7 @@ from jacobian_scopes.eval.sanity import RandomisationResult, randomisation_check
 from jacobian_scopes.eval.store import ResultsStore
 from jacobian_scopes.inputs import resolve_target, resolve_tokens
 from jacobian_scopes.options import Prompt
+from jacobian_scopes.progress import progress
 
 __all__ = [
     "DELETION_FRACTIONS",
@@ -651,7 +651,7 @@ def evaluate(
 
     def run(store: ResultsStore, share: list[Passage]) -> None:
         runner = _Runner(model, method_list, metrics, settings, store, internal_batch_size)
-        bar = tqdm(share, desc="faithfulness", unit="passage", disable=not verbose)
+        bar = progress(share, desc="faithfulness", unit="passage", verbose=verbose)
         for passage in bar:
             runner.run(passage, bar)
         bar.close()

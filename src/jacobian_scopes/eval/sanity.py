@@ -25,7 +25,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from jacobian_scopes.adapter import ModelAdapter, copy_model
 from jacobian_scopes.errors import ScopeInputError
@@ -34,6 +33,7 @@ from jacobian_scopes.eval.methods import MethodLike, default_methods, method_sco
 from jacobian_scopes.eval.passages import Passage, as_passages
 from jacobian_scopes.inputs import resolve_tokens
 from jacobian_scopes.options import Prompt
+from jacobian_scopes.progress import progress
 
 
 @dataclass
@@ -209,7 +209,7 @@ def randomisation_check(
 
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    bar = tqdm(total=len(steps) + 1, desc="randomisation", disable=not verbose)
+    bar = progress(total=len(steps) + 1, desc="randomisation", verbose=verbose)
     original = scores_now()
     bar.update()
     for step, (label, modules) in enumerate([("none", []), *steps]):
