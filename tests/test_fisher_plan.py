@@ -23,6 +23,27 @@ def _unembedding(d: int = 48, V: int = 3000, seed: int = 0):
     return W, p
 
 
+def test_the_heads_rows_are_the_supports_own_not_a_second_gather():
+    W, p = _unembedding()
+    ids = fisher.support(p, 1e-3)
+    op = fisher._Support(W, p, W @ p, ids)
+    head = op.head(100)
+    assert op.rows is not None and head.rows is not None
+    assert head.rows.data_ptr() == op.rows.data_ptr()
+    torch.testing.assert_close(head.rows, fisher.candidate_rows(W, p, W @ p, ids[:100]))
+
+
+def test_the_warm_start_is_the_ritz_vectors_largest_first():
+    # The whole support's iteration starts from the head's leading Ritz vectors: the first
+    # columns of what top_eigen hands on must be its eigen-directions, in order.
+    W, p = _unembedding(seed=3)
+    ids = fisher.support(p, 1e-3)
+    op = fisher._Support(W, p, W @ p, ids)
+    _, U, _, start = fisher.top_eigen(op, W.shape[0], 3, tol=1e-2)
+    torch.testing.assert_close(start[:, :3], U)
+    assert start.shape[1] > 3
+
+
 @pytest.mark.parametrize("rows_limit", [1 << 24, 0])  # rows formed / streamed through W
 @pytest.mark.parametrize("eps", [0.0, 1e-3])
 def test_top_eigenpairs_match_a_dense_eigendecomposition(monkeypatch, rows_limit, eps):

@@ -96,6 +96,31 @@ def test_model_is_exactly_as_before_after_an_exception_inside_a_user_hook(tiny):
         assert_same(before, model_fingerprint(model))
 
 
+@pytest.mark.parametrize(
+    "register",
+    [
+        "register_forward_hook",
+        "register_forward_pre_hook",
+        "register_full_backward_hook",
+        "register_full_backward_pre_hook",
+    ],
+)
+def test_torch_hooks_a_user_hook_leaves_on_other_hook_points_are_taken_off(tiny, register):
+    # A call's hook that registers plain torch hooks elsewhere (a probe of the user's, say):
+    # the points held none before the call, and must hold none after it.
+    model, _, _ = tiny
+    user_state(model)
+    before = model_fingerprint(model)
+
+    def leaves_hooks(x, hook):
+        for name in ("blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"):
+            getattr(model.hook_dict[name], register)(lambda *args: None)
+        return x
+
+    js.semantic_scope(model, helpers.tokens(6), 11, fwd_hooks=[("hook_embed", leaves_hooks)])
+    assert_same(before, model_fingerprint(model))
+
+
 def test_model_is_exactly_as_before_after_an_error_in_the_backward_phase(tiny):
     model, _, _ = tiny
     user_state(model)

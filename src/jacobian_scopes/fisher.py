@@ -55,10 +55,11 @@ METHODS: tuple[str, ...] = ("exact", "principal", "sketch")
 
 Solver = Literal["gram", "iterative"]
 SOLVERS: tuple[str, ...] = ("gram", "iterative")
-#: The eigen-solver of ``principal`` and ``sketch`` when ``plan`` is given none. Which one
-#: is faster depends on |S|, d and the vocabulary (see benchmarks/bench_bars.py and
-#: bench_gpu.py ``--solver``); both give the same eigen-directions to ``tol``.
-DEFAULT_SOLVER: Solver = "gram"
+#: The eigen-solver of ``principal`` and ``sketch`` when ``plan`` is given none. Both give
+#: the same eigen-directions to ``tol``; the iterative one costs half the Gram's on SmolLM2
+#: (|S| ≈ 20k, d = 576: 94 against 187 ms a plan on one thread) and needs no d × d matrix
+#: at d = 2048-4096 (benchmarks/bench_bars.py and bench_gpu.py ``--solver`` compare them).
+DEFAULT_SOLVER: Solver = "iterative"
 
 #: The Fisher scope's default: one random-sign probe of ``F_S`` and no eigen-direction, a
 #: single VJP. Chosen by measurement against ``exact`` (docs/speed.md, "Which Fisher method
@@ -81,6 +82,10 @@ def random_signs(shape: tuple[int, ...], generator: torch.Generator | None) -> T
 _GRAM_CHUNK = 8192
 # Above this many entries the support's rows are not formed (see _Support).
 _ROWS_LIMIT = 1 << 24
+# Ritz vectors beyond the rank kept from the head's solve to start the whole support's
+# iteration: the start is already close, so a small block converges in a step or two, where
+# the head's full block (rank + 16) made every product on the whole support 3-4x dearer.
+_WARM_EXTRA = 8
 
 
 @dataclass
@@ -199,18 +204,24 @@ class _Support:
     ``W`` and no d × d matrix.
     """
 
-    def __init__(self, W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor):
-        self.W, self.wbar, self.ids = W, wbar, ids
+    def __init__(self, W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, rows: Tensor | None = None):
+        self.W, self.p, self.wbar, self.ids = W, p, wbar, ids
         self.sqrt_p = p[ids].sqrt()
-        self.rows: Tensor | None = None
-        if ids.numel() * W.shape[0] <= _ROWS_LIMIT:
+        self.rows = rows
+        if rows is None and ids.numel() * W.shape[0] <= _ROWS_LIMIT:
             self.rows = candidate_rows(W, p, wbar, ids)
+        if self.rows is not None:
             return
         q = torch.zeros_like(p)
         q[ids] = p[ids]
         self.q = q
         self.m = W @ q  # Σ_S p_j w_j
         self.mass = q.sum()
+
+    def head(self, n: int) -> _Support:
+        """The operator of the ``n`` most probable candidates (its rows a view of these)."""
+        rows = None if self.rows is None else self.rows[:n]
+        return _Support(self.W, self.p, self.wbar, self.ids[:n], rows)
 
     def gram(self, Q: Float[Tensor, "d b"]) -> Float[Tensor, "d b"]:
         """F_S Q."""
@@ -247,16 +258,18 @@ def top_eigen(
     first), the orthonormal vectors, the largest relative residual, and the last block
     (a warm ``start`` for a larger support).
     """
-    b = min(d, k + oversample)
     if start is None:
         gen = torch.Generator().manual_seed(0)
+        b = min(d, k + oversample)
         start = torch.randn((d, b), generator=gen, dtype=torch.float32).to(op.wbar.device)
     Q, _ = torch.linalg.qr(start)
+    b = Q.shape[1]
     worst = 0.0
     for _ in range(max_iter):
         Z = op.gram(Q)
-        theta, S = torch.linalg.eigh((Q.T @ Z).double())
-        theta, S = theta.flip(0)[:k], S.flip(1)[:, :k].float()
+        theta_all, S_all = torch.linalg.eigh((Q.T @ Z).double())
+        theta_all, S_all = theta_all.flip(0), S_all.flip(1).float()
+        theta, S = theta_all[:k], S_all[:, :k]
         U = Q @ S
         residual = (Z @ S - U * theta.float()).pow(2).sum(0).sqrt()
         scale = float(theta[0].clamp_min(1e-30))
@@ -264,7 +277,9 @@ def top_eigen(
         if worst <= tol or b >= d:
             break
         Q, _ = torch.linalg.qr(Z)
-    return theta.clamp_min(0), U, worst, Q
+    # The Ritz vectors, largest first: their leading columns are the best start for a larger
+    # support.
+    return theta.clamp_min(0), U, worst, Q @ S_all
 
 
 def _head_size(p: Tensor, ids: Tensor, eps: float, d: int) -> int:
@@ -298,10 +313,10 @@ def _iterative_rows(
         # The eigen-directions are found first on the head of the support (the most
         # probable rows), which is cheap and close; that block then starts the iteration on
         # the whole support, which usually meets the tolerance at once.
-        head = ids[: _head_size(p, ids, eps, d)]
+        n_head = _head_size(p, ids, eps, d)
         start = None
-        if head.numel() < ids.numel():
-            start = top_eigen(_Support(W, p, wbar, head), d, k, tol=1e-2)[3]
+        if n_head < ids.numel():
+            start = top_eigen(op.head(n_head), d, k, tol=1e-2)[3][:, : k + _WARM_EXTRA]
         lam, U, residual, _ = top_eigen(op, d, k, start=start)
         # Directions F_S does not have (its rank is below k) would be VJPs of nothing.
         keep = lam > lam[0] * 1e-12

@@ -55,7 +55,7 @@ def _all_parameters(
     return list(seen.values())
 
 
-def hook_counts(model: Any) -> dict[str, tuple[int, int, int, int]]:
+def hook_counts(model: Any) -> dict[str, tuple[int, int, int, int, int, int]]:
     """Per hook point: TransformerLens forward/backward handles and torch hook counts."""
     out = {}
     for name, hp in model.hook_dict.items():
@@ -63,7 +63,9 @@ def hook_counts(model: Any) -> dict[str, tuple[int, int, int, int]]:
             len(getattr(hp, "fwd_hooks", [])),
             len(getattr(hp, "bwd_hooks", [])),
             len(hp._forward_hooks),
+            len(hp._forward_pre_hooks),
             len(hp._backward_hooks),
+            len(hp._backward_pre_hooks),
         )
     return out
 
@@ -77,7 +79,12 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
         "training": [m.training for m in _all_modules(model)],
         "hooks": hook_counts(model),
         "torch_hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(m._backward_pre_hooks),
+            )
             for m in _all_modules(model)
         ],
     }
@@ -188,16 +195,7 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
         >>> hook_counts(model) == before
         True
     """
-    points = list({id(hp): hp for hp in model.hook_dict.values()}.values())
-    held = [
-        (
-            hp,
-            {id(h) for h in getattr(hp, "fwd_hooks", ())},
-            {id(h) for h in getattr(hp, "bwd_hooks", ())},
-            [set(getattr(hp, d, {})) for d in _TORCH_HOOK_DICTS],
-        )
-        for hp in points
-    ]
+    held = _held_hooks(model)
     level = model.__dict__.get("context_level")
     try:
         with model.hooks(fwd_hooks=fwd_hooks):
@@ -216,15 +214,59 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
             raise pending
 
 
-def _put_back_hooks(held: list[tuple[Any, set[int], set[int], list[set[Any]]]]) -> None:
+# What a hook point held: None when it held nothing (most of them), else the ids of its
+# TransformerLens handles (forward, backward) and the keys of each of torch's hook dicts.
+_Held = list[tuple[Any, "tuple[set[int], set[int], list[set[Any]]] | None"]]
+
+
+def _held_hooks(model: Any) -> _Held:
+    # Sets only for the few points that hold hooks: one per container of each of ~1,200
+    # points (SmolLM2's Bridge) made the snapshot ~10 ms of every call, and the allocations
+    # set off the garbage collector's passes over the whole model besides.
+    held: _Held = []
+    for hp in {id(hp): hp for hp in model.hook_dict.values()}.values():
+        fwd, bwd = getattr(hp, "fwd_hooks", None), getattr(hp, "bwd_hooks", None)
+        own = hp.__dict__
+        if fwd or bwd or _holds_torch_hooks(own):
+            keys = [set(own.get(name) or ()) for name in _TORCH_HOOK_DICTS]
+            held.append((hp, ({id(h) for h in fwd or ()}, {id(h) for h in bwd or ()}, keys)))
+        else:
+            held.append((hp, None))
+    return held
+
+
+def _holds_torch_hooks(own: dict[str, Any]) -> bool:
+    # The other dicts (with kwargs, always called) only flag keys of these four.
+    return bool(
+        own.get("_forward_hooks")
+        or own.get("_forward_pre_hooks")
+        or own.get("_backward_hooks")
+        or own.get("_backward_pre_hooks")
+    )
+
+
+def _put_back_hooks(held: _Held) -> None:
     # Idempotent, so that an interrupted pass can simply run again.
-    for hp, fwd, bwd, torch_keys in held:
-        for attr, kept in (("fwd_hooks", fwd), ("bwd_hooks", bwd)):
+    for hp, before in held:
+        own = hp.__dict__
+        if before is None and not (
+            getattr(hp, "fwd_hooks", None)
+            or getattr(hp, "bwd_hooks", None)
+            or _holds_torch_hooks(own)
+        ):
+            continue  # held nothing and holds nothing: most points, on every call
+        for i, attr in enumerate(("fwd_hooks", "bwd_hooks")):
             handles = getattr(hp, attr, None)
-            if handles and any(id(h) not in kept for h in handles):
-                handles[:] = [h for h in handles if id(h) in kept]
-        for name, keys in zip(_TORCH_HOOK_DICTS, torch_keys, strict=True):
-            hooks = getattr(hp, name, None)
+            if handles:
+                kept = set() if before is None else before[i]
+                if any(id(h) not in kept for h in handles):
+                    handles[:] = [h for h in handles if id(h) in kept]
+        for j, name in enumerate(_TORCH_HOOK_DICTS):
+            hooks = own.get(name)
             if hooks:
+                if before is None:
+                    hooks.clear()
+                    continue
+                keys = before[2][j]
                 for key in [k for k in hooks if k not in keys]:
                     hooks.pop(key, None)
