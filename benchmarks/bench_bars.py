@@ -6,11 +6,13 @@
 The floor is the Hugging Face model itself with PyTorch SDPA attention: a forward pass to
 the final hidden state and one backward pass to the input embeddings only, parameters
 frozen. Every length runs in a fresh process (one torch thread unless OMP_NUM_THREADS
-says otherwise), the floor and the scopes in that same process, each the median of a few
-repeats after a warm-up. ``--long`` adds T = 4096 (minutes on two cores). ``--fisher``
-adds Fisher variants as ``method:rank:n_probes[:solver]`` (the solver of the eigen-
-directions, ``gram`` or ``iterative``; see :mod:`jacobian_scopes.fisher`); ``--solver``
-sets the one of every Fisher row that names none, the two default rows included. Prints a
+says otherwise), the floor and the scopes in that same process, after a warm-up, in rounds:
+each round times the floor and then every scope once, and a scope's ratio is the median
+over rounds of its time over that round's floor (the floor's seconds are the median too).
+``--long`` adds T = 4096 (minutes on two cores). ``--fisher`` adds Fisher variants as
+``method:rank:n_probes[:solver]`` (the solver of the eigen-directions, ``gram`` or
+``iterative``; see :mod:`jacobian_scopes.fisher`); ``--solver`` sets the one of every
+Fisher row that names none, the two default rows included. Prints a
 Markdown table; ``--json`` writes the raw figures.
 """
 
@@ -19,14 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import fisher_solver, fisher_variant, median_time
+from common import fisher_solver, fisher_variant
 from jacobian_scopes.eval.passages import LAMBADA_200 as LAMBADA
 
 
@@ -85,11 +89,27 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
                 return js.fisher_scope(model, tokens, **kw)
 
         work[f"Fisher {spec}"] = variant
-    reps = repeats if repeats else (5 if n <= 256 else 2 if n <= 1024 else 1)
-    out: dict[str, Any] = {"tokens": n, "threads": torch.get_num_threads(), "seconds": {}}
-    for name, fn in work.items():
-        with fisher_solver(solver):
-            out["seconds"][name] = median_time(fn, reps)
+    reps = repeats if repeats else (7 if n <= 256 else 3 if n <= 1024 else 1)
+    out: dict[str, Any] = {"tokens": n, "threads": torch.get_num_threads()}
+    with fisher_solver(solver):
+        for fn in work.values():  # warm-up
+            fn()
+        # Rounds: each times the floor, then every scope once. A ratio is taken within its
+        # round and the median over rounds reported, so a drift in the machine's speed (a
+        # shared host) moves the floor and the scopes together.
+        times: dict[str, list[float]] = {name: [] for name in work}
+        for _ in range(reps):
+            for name, fn in work.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    floor_times = times["floor (HF SDPA)"]
+    out["seconds"] = {name: statistics.median(ts) for name, ts in times.items()}
+    out["ratios"] = {
+        name: statistics.median(t / f for t, f in zip(ts, floor_times, strict=True))
+        for name, ts in times.items()
+    }
+    for name in work:
         print(f"  T={n} {name}: {out['seconds'][name]:.3f} s", file=sys.stderr, flush=True)
     from jacobian_scopes import fisher
 
@@ -109,13 +129,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for r in rows:
             s = r["seconds"].get(name)
-            floor = r["seconds"]["floor (HF SDPA)"]
             if s is None:
                 cells.append("")
             elif name.startswith("floor"):
                 cells.append(f"{s:.2f} s")
             else:
-                cells.append(f"{s / floor:.2f}×")
+                cells.append(f"{r['ratios'][name]:.2f}×")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Fisher default: {rows[0]['fisher_default']}; threads: {rows[0]['threads']}.")
