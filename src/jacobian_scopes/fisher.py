@@ -57,8 +57,8 @@ Solver = Literal["gram", "iterative"]
 SOLVERS: tuple[str, ...] = ("gram", "iterative")
 #: The eigen-solver of ``principal`` and ``sketch`` when ``plan`` is given none. Both give
 #: the same eigen-directions to ``tol``; the iterative one costs half the Gram's on SmolLM2
-#: (|S| ≈ 20k, d = 576: 94 against 187 ms a plan on one thread) and needs no d × d matrix
-#: at d = 2048-4096 (benchmarks/bench_bars.py and bench_gpu.py ``--solver`` compare them).
+#: (d = 576: 97 against 203 ms a rank-1 plan on one thread, benchmarks/bench_plans.py) and
+#: needs no d × d matrix at d = 2048-4096 (bench_gpu.py ``--solver`` compares them there).
 DEFAULT_SOLVER: Solver = "iterative"
 
 #: The Fisher scope's default: one random-sign probe of ``F_S`` and no eigen-direction, a
