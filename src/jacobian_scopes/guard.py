@@ -214,9 +214,24 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
             raise pending
 
 
-# What a hook point held: None when it held nothing (most of them), else the ids of its
-# TransformerLens handles (forward, backward) and the keys of each of torch's hook dicts.
-_Held = list[tuple[Any, "tuple[set[int], set[int], list[set[Any]]] | None"]]
+# What a hook point held: the ids of its TransformerLens handles (forward, backward) and the
+# keys of each of torch's hook dicts; _NOTHING for a point that held none (most of them).
+_Before = tuple[frozenset[int], frozenset[int], tuple[frozenset[Any], ...]]
+_Held = list[tuple[Any, _Before]]
+_NOTHING: _Before = (frozenset(), frozenset(), (frozenset(),) * len(_TORCH_HOOK_DICTS))
+
+
+def _holds_hooks(hp: Any) -> bool:
+    own = hp.__dict__
+    # torch's other dicts (with kwargs, always called) only flag keys of these four.
+    return bool(
+        getattr(hp, "fwd_hooks", None)
+        or getattr(hp, "bwd_hooks", None)
+        or own.get("_forward_hooks")
+        or own.get("_forward_pre_hooks")
+        or own.get("_backward_hooks")
+        or own.get("_backward_pre_hooks")
+    )
 
 
 def _held_hooks(model: Any) -> _Held:
@@ -225,48 +240,26 @@ def _held_hooks(model: Any) -> _Held:
     # set off the garbage collector's passes over the whole model besides.
     held: _Held = []
     for hp in {id(hp): hp for hp in model.hook_dict.values()}.values():
-        fwd, bwd = getattr(hp, "fwd_hooks", None), getattr(hp, "bwd_hooks", None)
-        own = hp.__dict__
-        if fwd or bwd or _holds_torch_hooks(own):
-            keys = [set(own.get(name) or ()) for name in _TORCH_HOOK_DICTS]
-            held.append((hp, ({id(h) for h in fwd or ()}, {id(h) for h in bwd or ()}, keys)))
-        else:
-            held.append((hp, None))
+        if not _holds_hooks(hp):
+            held.append((hp, _NOTHING))
+            continue
+        fwd, bwd = getattr(hp, "fwd_hooks", None) or (), getattr(hp, "bwd_hooks", None) or ()
+        keys = tuple(frozenset(hp.__dict__.get(name) or ()) for name in _TORCH_HOOK_DICTS)
+        held.append((hp, (frozenset(map(id, fwd)), frozenset(map(id, bwd)), keys)))
     return held
-
-
-def _holds_torch_hooks(own: dict[str, Any]) -> bool:
-    # The other dicts (with kwargs, always called) only flag keys of these four.
-    return bool(
-        own.get("_forward_hooks")
-        or own.get("_forward_pre_hooks")
-        or own.get("_backward_hooks")
-        or own.get("_backward_pre_hooks")
-    )
 
 
 def _put_back_hooks(held: _Held) -> None:
     # Idempotent, so that an interrupted pass can simply run again.
-    for hp, before in held:
-        own = hp.__dict__
-        if before is None and not (
-            getattr(hp, "fwd_hooks", None)
-            or getattr(hp, "bwd_hooks", None)
-            or _holds_torch_hooks(own)
-        ):
-            continue  # held nothing and holds nothing: most points, on every call
-        for i, attr in enumerate(("fwd_hooks", "bwd_hooks")):
+    for hp, (fwd, bwd, torch_keys) in held:
+        if not _holds_hooks(hp):
+            continue  # nothing to take off: most points, on every call
+        for attr, kept in (("fwd_hooks", fwd), ("bwd_hooks", bwd)):
             handles = getattr(hp, attr, None)
-            if handles:
-                kept = set() if before is None else before[i]
-                if any(id(h) not in kept for h in handles):
-                    handles[:] = [h for h in handles if id(h) in kept]
-        for j, name in enumerate(_TORCH_HOOK_DICTS):
-            hooks = own.get(name)
+            if handles and any(id(h) not in kept for h in handles):
+                handles[:] = [h for h in handles if id(h) in kept]
+        for name, keys in zip(_TORCH_HOOK_DICTS, torch_keys, strict=True):
+            hooks = hp.__dict__.get(name)
             if hooks:
-                if before is None:
-                    hooks.clear()
-                    continue
-                keys = before[2][j]
                 for key in [k for k in hooks if k not in keys]:
                     hooks.pop(key, None)
