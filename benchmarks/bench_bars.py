@@ -24,13 +24,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import fisher_solver, fisher_variant
+from common import fisher_solver, fisher_variant, timed_rounds
 from jacobian_scopes.eval.passages import LAMBADA_200 as LAMBADA
 
 
@@ -92,17 +91,8 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
     reps = repeats if repeats else (7 if n <= 256 else 3 if n <= 1024 else 1)
     out: dict[str, Any] = {"tokens": n, "threads": torch.get_num_threads()}
     with fisher_solver(solver):
-        for fn in work.values():  # warm-up
-            fn()
-        # Rounds: each times the floor, then every scope once. A ratio is taken within its
-        # round and the median over rounds reported, so a drift in the machine's speed (a
-        # shared host) moves the floor and the scopes together.
-        times: dict[str, list[float]] = {name: [] for name in work}
-        for _ in range(reps):
-            for name, fn in work.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        # The floor first in each round; a ratio is taken within its round.
+        times = timed_rounds(work, reps)
     floor_times = times["floor (HF SDPA)"]
     out["seconds"] = {name: statistics.median(ts) for name, ts in times.items()}
     out["ratios"] = {

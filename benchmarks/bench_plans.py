@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+from functools import partial
 from typing import Any
 
 import torch
 
 import jacobian_scopes as js
+from common import timed_rounds
 from jacobian_scopes import fisher
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.eval.passages import LAMBADA_200
@@ -61,12 +62,13 @@ def main() -> None:
         errors, cosines = [], []
         for p in ps:
             plans = {s: fisher.plan(W, p, method="principal", rank=k, solver=s) for s in times}
-            each: dict[str, list[float]] = {s: [] for s in times}
-            for _ in range(args.repeats):
-                for s in times:
-                    start = time.perf_counter()
-                    fisher.plan(W, p, method="principal", rank=k, solver=s)
-                    each[s].append(time.perf_counter() - start)
+            each = timed_rounds(
+                {
+                    s: partial(fisher.plan, W, p, method="principal", rank=k, solver=s)
+                    for s in times
+                },
+                args.repeats,
+            )
             for s in times:
                 times[s].append(statistics.median(each[s]))
             gram, it = plans["gram"], plans["iterative"]

@@ -24,6 +24,21 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
+def timed_rounds(work: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``work``'s calls over ``repeats`` rounds, each round calling every
+    one once in order, after one warm-up call each. Ratios taken within a round stay
+    meaningful when a shared machine's speed drifts during the run."""
+    for fn in work.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for _ in range(repeats):
+        for name, fn in work.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -260,8 +260,8 @@ def top_eigen(
     """
     if start is None:
         gen = torch.Generator().manual_seed(0)
-        b = min(d, k + oversample)
-        start = torch.randn((d, b), generator=gen, dtype=torch.float32).to(op.wbar.device)
+        shape = (d, min(d, k + oversample))
+        start = torch.randn(shape, generator=gen, dtype=torch.float32).to(op.wbar.device)
     Q, _ = torch.linalg.qr(start)
     b = Q.shape[1]
     worst = 0.0
