@@ -161,6 +161,49 @@ def test_gemma3_sliding_window_layers_give_the_eager_scores_on_sdpa(sdpa_calls):
     assert sdpa_calls
 
 
+@pytest.fixture
+def repeating_heads(monkeypatch):
+    """The CUDA branch of jacobian_scopes.sdpa on the CPU: key/value heads repeated before
+    SDPA wherever there is no mask; records the calls of torch's SDPA that it makes."""
+    from jacobian_scopes import sdpa
+
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, **kwargs):
+        calls.append((query.shape[1], key.shape[1], kwargs.get("enable_gqa", False)))
+        return original(query, key, value, **kwargs)
+
+    monkeypatch.setattr(
+        sdpa, "repeats_heads", lambda q, k, mask: mask is None and k.shape[1] != q.shape[1]
+    )
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("call", ["semantic", "temperature", "fisher_exact"])
+def test_repeated_key_value_heads_as_on_cuda_give_the_eager_scores(llama, repeating_heads, call):
+    toks = helpers.tokens(12, seed=4)
+    eager = CALLS[call](llama, toks, attention="eager")
+    assert_same_scores(CALLS[call](llama, toks, attention="sdpa"), eager)
+    assert repeating_heads, "the SDPA path ran"
+    # every call had as many key/value heads as query heads, and no enable_gqa
+    assert all(q == k and not gqa for q, k, gqa in repeating_heads)
+
+
+def test_gemma3_sliding_windows_keep_their_masks_under_the_registered_attention(
+    repeating_heads,
+):
+    # Gemma-3's layers always get a mask (transformers repeats the heads itself then): what
+    # this checks is that the name the SDPA path registers builds Gemma's masks as SDPA's.
+    model = tiny_gemma3()
+    toks = helpers.tokens(14, seed=2)
+    for call in ("semantic_logprob_layers", "temperature"):
+        eager = CALLS[call](model, toks, attention="eager")
+        assert_same_scores(CALLS[call](model, toks, attention="sdpa"), eager)
+    assert all(q == k and not gqa for q, k, gqa in repeating_heads)
+
+
 def halve(x, hook):
     return 0.5 * x
 

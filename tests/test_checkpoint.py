@@ -106,6 +106,29 @@ def test_checkpointing_turns_itself_on_above_the_threshold(tiny, monkeypatch):
     assert not engine.Trace(adapter, toks, checkpoint=False, **eager).checkpoint
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_on_a_gpu_checkpointing_turns_on_only_past_half_the_free_memory(
+    tiny, monkeypatch, attention
+):
+    model, _, _ = tiny
+    adapter = ModelAdapter(model)
+    toks = helpers.tokens(6)[None]
+    keeps = engine.activation_bytes(adapter, toks.shape)
+    if attention == "eager":
+        keeps += engine.attention_bytes(adapter, toks.shape)
+    # the CPU thresholds would checkpoint; a GPU with room enough does not
+    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
+    monkeypatch.setattr(engine, "ACTIVATIONS_ABOVE_BYTES", 0)
+    monkeypatch.setattr(engine, "free_device_bytes", lambda device: 2 * keeps)
+    assert not engine.wants_checkpoint(adapter, toks.shape, attention)
+    monkeypatch.setattr(engine, "free_device_bytes", lambda device: 2 * keeps - 2)
+    assert engine.wants_checkpoint(adapter, toks.shape, attention)
+
+
+def test_free_device_bytes_is_none_off_cuda():
+    assert engine.free_device_bytes(torch.device("cpu")) is None
+
+
 def test_model_is_unchanged_after_checkpointed_calls_and_failures(tiny):
     model, _, _ = tiny
     user_state(model)

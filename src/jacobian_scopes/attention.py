@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import torch
 
+from jacobian_scopes import sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.threads import ThreadGate
@@ -154,13 +155,15 @@ def sdpa_blocker(
 def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]:
     """Run the Bridge's attention with the Hugging Face module and SDPA for the duration.
 
-    Sets ``_attn_implementation = "sdpa"`` on the wrapped model's configs (so that its
-    mask is built for SDPA) and gives each attention bridge an instance ``forward`` that
-    fires ``hook_in``, calls the Hugging Face module and fires ``hook_out``. Everything is
-    put back on exit, whatever arrives meanwhile. Check :func:`sdpa_blocker` first: this
-    context manager does not. With a ``gate``, forward passes of other threads meanwhile
-    keep the Bridge's eager attention (and their hooks inside it); the masks the model
-    builds for SDPA (none, or boolean) are ones it reads correctly.
+    Sets ``_attn_implementation`` on the wrapped model's configs to transformers' SDPA (so
+    that its mask is built for SDPA; on CUDA with the key/value heads repeated where that
+    lets SDPA use a memory-efficient kernel: see :mod:`jacobian_scopes.sdpa`) and gives each
+    attention bridge an instance ``forward`` that fires ``hook_in``, calls the Hugging Face
+    module and fires ``hook_out``. Everything is put back on exit, whatever arrives
+    meanwhile. Check :func:`sdpa_blocker` first: this context manager does not. With a
+    ``gate``, forward passes of other threads meanwhile keep the Bridge's eager attention
+    (and their hooks inside it); the masks the model builds for SDPA (none, or boolean) are
+    ones it reads correctly.
 
     Example:
         >>> import torch, jacobian_scopes as js
@@ -179,9 +182,10 @@ def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]
     saved_impl = [(c, key, c.__dict__.get(key, _MISSING)) for c in configs for key in _IMPL_KEYS]
     layers = _attention_bridges(model)
     saved_forward = [(attn, attn.__dict__.get("forward", _MISSING)) for attn in layers]
+    name = sdpa.implementation()
     try:
         for c in configs:
-            c._attn_implementation = "sdpa"
+            c._attn_implementation = name
         for attn in layers:
             # object.__setattr__: the Bridge's __setattr__ forwards attributes to the
             # wrapped module (see engine.checkpointed_blocks).

@@ -431,11 +431,23 @@ CHECKPOINT_ABOVE_BYTES = 1 << 30
 ACTIVATIONS_ABOVE_BYTES = 3 << 30
 
 
+def free_device_bytes(device: torch.device) -> int | None:
+    """The free memory of a CUDA device, in bytes; ``None`` for any other device."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
 def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str = "eager") -> bool:
     """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``.
 
-    With eager attention the patterns (:func:`attention_bytes`) decide first; with
-    ``attention="sdpa"`` there are none, and only :func:`activation_bytes` counts.
+    On the CPU, with eager attention the patterns (:func:`attention_bytes`) decide first;
+    with ``attention="sdpa"`` there are none, and only :func:`activation_bytes` counts.
+    On a CUDA device, the blocks are checkpointed only when what the backward pass keeps
+    (the patterns with eager attention, and the other activations) would take more than
+    half of the device's free memory: recomputing the blocks costs a GPU 1.3-1.8x the time
+    (measured on an H200 with Llama-3 shapes at 1k-4k tokens, ``benchmarks/bench_gpu.py``),
+    while memory there is what the model leaves free, not the host's.
 
     Example:
         >>> import jacobian_scopes as js
@@ -446,7 +458,11 @@ def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str
         >>> [wants_checkpoint(adapter, (1, n), "sdpa") for n in (2048, 4096)]
         [False, True]
     """
-    if attention == "eager" and attention_bytes(adapter, shape) > CHECKPOINT_ABOVE_BYTES:
+    patterns = attention_bytes(adapter, shape) if attention == "eager" else 0
+    free = free_device_bytes(adapter.device)
+    if free is not None:
+        return patterns + activation_bytes(adapter, shape) > free // 2
+    if patterns > CHECKPOINT_ABOVE_BYTES:
         return True
     return activation_bytes(adapter, shape) > ACTIVATIONS_ABOVE_BYTES
 
@@ -623,5 +639,6 @@ __all__ = [
     "checkpointed_blocks",
     "default_batch_size",
     "detach_hook",
+    "free_device_bytes",
     "wants_checkpoint",
 ]

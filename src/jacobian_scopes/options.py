@@ -61,8 +61,9 @@ class CallOptions(TypedDict, total=False):
     * ``checkpoint`` (bool | None): recompute each block in the backward pass to save
       memory on long prompts. ``None`` (default) turns it on by itself above about 1 GiB
       of attention patterns (eager attention) or 3 GiB of other activations (either
-      path; SmolLM2 on SDPA: from about 2.5k tokens), and warns if ``fwd_hooks`` are
-      given (pass ``False`` to keep each hook to one call per forward pass).
+      path; SmolLM2 on SDPA: from about 2.5k tokens); on a CUDA device, only when they
+      would take more than half of its free memory. It warns if ``fwd_hooks`` are given
+      (pass ``False`` to keep each hook to one call per forward pass).
     * ``attention`` (``"auto"`` | ``"eager"`` | ``"sdpa"``): how the Bridge runs attention.
       ``"auto"`` (default) uses PyTorch's SDPA when no hook sits inside attention (no
       attention-pattern source, no ``freeze=["attn_pattern"]``, no hook of yours or on the
