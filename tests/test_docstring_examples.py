@@ -115,11 +115,13 @@ PUBLIC_MODULES = [
     "jacobian_scopes.errors",
     "jacobian_scopes.explorer",
     "jacobian_scopes.generation",
+    "jacobian_scopes.interrupts",
     "jacobian_scopes.io",
     "jacobian_scopes.options",
     "jacobian_scopes.patching",
     "jacobian_scopes.probe",
     "jacobian_scopes.results",
+    "jacobian_scopes.sdpa",
     "jacobian_scopes.text",
     *(name for name in MODULES if name.startswith(("jacobian_scopes.eval", "jacobian_scopes.viz"))),
 ]

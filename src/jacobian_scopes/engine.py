@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -37,7 +38,8 @@ from torch import Tensor
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
-from jacobian_scopes.guard import frozen, temporary_hooks
+from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
+from jacobian_scopes.interrupts import Contexts
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate, model_lock
 
@@ -230,7 +232,7 @@ class Trace:
             self._capture_hook, self._capture_module = at, None
         self.user_hooks = list(fwd_hooks)
         self.freeze = list(freeze)
-        self._stack: ExitStack | None = None
+        self._stack: Contexts | None = None
         self.gate = ThreadGate()
         self.logits: Tensor | None = None
         self.attention = attention_path(adapter, self._hook_list(), attention)
@@ -261,42 +263,42 @@ class Trace:
                 "a scope needs gradients, but it was called inside torch.inference_mode(); "
                 "call it outside that block (torch.no_grad() is fine: it is lifted here)."
             )
-        stack = ExitStack()
+        # Contexts, not ExitStack: a Ctrl-C between entering a context and registering its
+        # exit would leave it entered (the lock held: every other thread's call hangs).
+        stack = Contexts()
         self._stack = stack
         try:
             # The model's lock for the whole trace (frozen takes it too; it is re-entrant):
             # another thread's call must not attach hooks or restore flags until the
             # backward passes of this one are done.
-            stack.enter_context(model_lock(self.adapter.model))
+            stack.hold(model_lock(self.adapter.model))
             self.gate = ThreadGate()
             stack.callback(self.gate.close)
-            stack.enter_context(frozen(self.adapter.model))
-            stack.enter_context(torch.enable_grad())
+            stack.enter(frozen(self.adapter.model))
+            stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
+            torch.set_grad_enabled(True)
             if self.attention == "sdpa":
                 # For the whole trace: checkpointing runs the blocks again in the backward.
-                stack.enter_context(sdpa_attention(self.adapter.model, self.gate))
+                stack.enter(sdpa_attention(self.adapter.model, self.gate))
             kwargs: dict[str, Any] = {}
             if self.checkpoint:
                 # The recomputation runs the blocks again during the backward pass, so they
                 # must see the same hooks then: keep them until the trace closes.
-                stack.enter_context(checkpointed_blocks(self.adapter.model, self.gate))
+                stack.enter(checkpointed_blocks(self.adapter.model, self.gate))
                 if self.adapter.kind == "bridge":
                     # A Hugging Face KV cache would grow on the recomputation.
                     kwargs["use_cache"] = False
-            with ExitStack() as forward:
+            forward = Contexts()
+            try:
                 hooks_scope = stack if self.checkpoint else forward
-                if self._capture_module is not None:
-                    handle = self._capture_module.register_forward_pre_hook(
-                        self.gate.hook(self.capture.pre_hook)
-                    )
-                    forward.callback(handle.remove)
+                pre_hook = self.gate.hook(self.capture.pre_hook)
+                forward.enter(forward_pre_hook(self._capture_module, pre_hook))
                 if self.freeze:
-                    # The Bridge warns that an edited hook_scale changes the norm's numerics;
-                    # that edit is the linearisation the caller asked for.
-                    hooks_scope.enter_context(warnings.catch_warnings())
-                    warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
-                hooks_scope.enter_context(temporary_hooks(self.adapter.model, self.hooks()))
+                    hooks_scope.enter(_scale_edits_allowed())
+                hooks_scope.enter(temporary_hooks(self.adapter.model, self.hooks()))
                 logits = self.adapter.model(self.tokens, **kwargs)
+            finally:
+                forward.close()
             self.logits = logits
             self._check_forward()
         except BaseException:
@@ -304,9 +306,14 @@ class Trace:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._stack is not None:
-            self._stack.close()
+            self._stack.close(exc_type, exc, tb)
             self._stack = None
 
     def _check_forward(self) -> None:
@@ -421,6 +428,15 @@ class Trace:
         return result
 
 
+@contextmanager
+def _scale_edits_allowed() -> Iterator[None]:
+    # The Bridge warns that an edited hook_scale changes the norm's numerics; that edit is
+    # the linearisation the caller asked for.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
+        yield
+
+
 #: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
 CHECKPOINT_ABOVE_BYTES = 1 << 30
 #: Above this estimate of the other saved activations (linear in the prompt length),
@@ -432,7 +448,14 @@ ACTIVATIONS_ABOVE_BYTES = 3 << 30
 
 
 def free_device_bytes(device: torch.device) -> int | None:
-    """The free memory of a CUDA device, in bytes; ``None`` for any other device."""
+    """The free memory of a CUDA device, in bytes; ``None`` for any other device.
+
+    Example:
+        >>> import torch
+        >>> from jacobian_scopes.engine import free_device_bytes
+        >>> free_device_bytes(torch.device("cpu")) is None
+        True
+    """
     if device.type != "cuda":
         return None
     return int(torch.cuda.mem_get_info(device)[0])

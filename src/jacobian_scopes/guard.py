@@ -176,6 +176,34 @@ _TORCH_HOOK_DICTS = (
 
 
 @contextmanager
+def forward_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -> Iterator[None]:
+    """``module.register_forward_pre_hook(hook)`` for the duration (``module=None``: none).
+
+    The hook is taken off by value, not through its handle, so an interrupt landing right
+    after it is registered cannot leave it behind.
+
+    Example:
+        >>> import torch
+        >>> from jacobian_scopes.guard import forward_pre_hook
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> with forward_pre_hook(layer, lambda module, args: None):
+        ...     len(layer._forward_pre_hooks)
+        1
+        >>> len(layer._forward_pre_hooks)
+        0
+    """
+    try:
+        if module is not None:
+            module.register_forward_pre_hook(hook)
+        yield
+    finally:
+        if module is not None:
+            for key, fn in list(module._forward_pre_hooks.items()):
+                if fn is hook:
+                    del module._forward_pre_hooks[key]
+
+
+@contextmanager
 def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
     """``model.hooks(fwd_hooks=...)`` whose undoing survives an interrupt.
 

@@ -15,11 +15,10 @@ its mask function, SDPA's), once per process; :func:`implementation` gives the n
 a config's ``_attn_implementation``, or ``"sdpa"`` where this transformers has no registry.
 
 Example:
-    >>> import torch
-    >>> from jacobian_scopes.sdpa import repeats_heads
-    >>> q, kv = torch.zeros(1, 8, 5, 4), torch.zeros(1, 2, 5, 4)
-    >>> repeats_heads(q, kv, None), repeats_heads(q, q, None)
-    (False, False)
+    >>> from transformers import AttentionInterface
+    >>> from jacobian_scopes.sdpa import implementation
+    >>> implementation() in AttentionInterface._global_mapping
+    True
 """
 
 from __future__ import annotations
@@ -38,7 +37,15 @@ _registered: list[str] = []
 
 def repeats_heads(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether the key/value heads are repeated before SDPA: on CUDA, for grouped-query
-    attention with no mask (where transformers would ask for ``enable_gqa``)."""
+    attention with no mask (where transformers would ask for ``enable_gqa``).
+
+    Example:
+        >>> import torch
+        >>> from jacobian_scopes.sdpa import repeats_heads
+        >>> query, key = torch.zeros(1, 8, 5, 4), torch.zeros(1, 2, 5, 4)
+        >>> repeats_heads(query, key, None)  # on the CPU, transformers' SDPA as it is
+        False
+    """
     return mask is None and query.device.type == "cuda" and key.shape[1] != query.shape[1]
 
 
@@ -73,7 +80,13 @@ def _attention(
 
 def implementation() -> str:
     """The ``_attn_implementation`` the SDPA path sets: :data:`NAME`, registered with
-    transformers on the first call, or ``"sdpa"`` where transformers has no registry."""
+    transformers on the first call, or ``"sdpa"`` where transformers has no registry.
+
+    Example:
+        >>> from jacobian_scopes.sdpa import implementation
+        >>> implementation()
+        'jacobian_scopes_sdpa'
+    """
     with _lock:
         if _registered:
             return _registered[0]

@@ -18,7 +18,7 @@ Jacobian Scopes paper's AOPC protocol.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
-from jacobian_scopes.guard import frozen
+from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate
 
@@ -155,12 +155,15 @@ def embeddings(
         seen["x"] = x.detach().clone()
         raise _Stop
 
-    with torch.no_grad(), frozen(adapter.model), ExitStack() as stack:
-        # Gated to this thread: another thread's forward meanwhile must not stop at grab.
-        hooks = ThreadGate().hooks([*fwd_hooks, (EMBED_HOOK, grab)])
-        stack.enter_context(adapter.model.hooks(fwd_hooks=hooks))
-        with suppress(_Stop):
-            adapter.model(tokens)
+    # Gated to this thread: another thread's forward meanwhile must not stop at grab.
+    hooks = ThreadGate().hooks([*fwd_hooks, (EMBED_HOOK, grab)])
+    with (
+        torch.no_grad(),
+        frozen(adapter.model),
+        temporary_hooks(adapter.model, hooks),
+        suppress(_Stop),
+    ):
+        adapter.model(tokens)
     if "x" not in seen:
         raise ScopeInputError(f"{EMBED_HOOK!r} never fired during the forward pass")
     return seen["x"]
@@ -181,15 +184,14 @@ def _final_state(
         grab(args[0])
 
     gate = ThreadGate()  # another thread's forward meanwhile must not stop at grab
-    with ExitStack() as stack:
-        if final.module is not None:
-            handle = final.module.register_forward_pre_hook(gate.hook(pre_hook))
-            stack.callback(handle.remove)
-        if final.hook is not None:
-            hooks = [*hooks, (final.hook, grab)]
-        stack.enter_context(adapter.model.hooks(fwd_hooks=gate.hooks(hooks)))
-        with suppress(_Stop):
-            adapter.model(tokens)
+    if final.hook is not None:
+        hooks = [*hooks, (final.hook, grab)]
+    with (
+        forward_pre_hook(final.module, gate.hook(pre_hook)),
+        temporary_hooks(adapter.model, gate.hooks(hooks)),
+        suppress(_Stop),
+    ):
+        adapter.model(tokens)
     if "y" not in seen:
         raise ScopeInputError(f"the final state {final.label!r} was never reached")
     return seen["y"]

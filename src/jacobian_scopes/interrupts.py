@@ -1,0 +1,130 @@
+"""A call's stack of contexts, safe against an interrupt at any moment of entering or leaving.
+
+``contextlib.ExitStack.enter_context`` enters a context, then registers its exit: a Ctrl-C
+(an asynchronous ``KeyboardInterrupt``) landing between the two leaves the context entered
+for good. For the model's lock that means every later call from another thread waits
+forever; for a generator context (``frozen``, ``temporary_hooks``, ...) its flags or hooks
+stay until the generator happens to be garbage-collected. ``ExitStack.close`` has the
+mirror window: an exit taken off the stack and interrupted before it runs is lost.
+
+:class:`Contexts` closes both windows, for one interrupt at a time:
+
+* each exit is registered *before* its context is entered, and checks on exit whether the
+  context was entered (the lock: does this thread hold it; a generator context: is its
+  generator suspended at its ``yield``);
+* each exit is idempotent and stays on the stack until it has run, so an interrupt while
+  unwinding costs at most one exit running twice; the unwinding goes on to the end and
+  raises the first interrupt afterwards.
+
+Exits do not suppress exceptions (unlike ``ExitStack``'s): a call's contexts never do.
+
+Example:
+    >>> import threading
+    >>> from contextlib import contextmanager
+    >>> from jacobian_scopes.interrupts import Contexts
+    >>> events = []
+    >>> @contextmanager
+    ... def step(name):
+    ...     events.append(f"enter {name}")
+    ...     try:
+    ...         yield
+    ...     finally:
+    ...         events.append(f"exit {name}")
+    >>> lock = threading.RLock()
+    >>> stack = Contexts()
+    >>> stack.hold(lock)
+    >>> stack.enter(step("a"))
+    >>> stack.callback(events.append, "callback")
+    >>> stack.close()
+    >>> events, lock._is_owned()
+    (['enter a', 'callback', 'exit a'], False)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextlib import _GeneratorContextManager
+from types import TracebackType
+from typing import Any
+
+ExitFn = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
+
+
+class Contexts:
+    """Entered contexts, left in reverse order by :meth:`close` (see the module).
+
+    Example:
+        >>> import threading
+        >>> from jacobian_scopes.interrupts import Contexts
+        >>> lock = threading.RLock()
+        >>> stack = Contexts()
+        >>> stack.hold(lock)
+        >>> lock._is_owned()
+        True
+        >>> stack.close()
+        >>> lock._is_owned()
+        False
+    """
+
+    def __init__(self) -> None:
+        self._exits: list[ExitFn] = []
+
+    def hold(self, lock: Any) -> None:
+        """Acquire a re-entrant ``lock`` (``threading.RLock``) until :meth:`close`.
+
+        A lock this thread holds already (a caller's ``with model_lock(model):`` around the
+        call) is left as it is: that hold outlasts this stack.
+        """
+        if lock._is_owned():
+            return
+        # Registered first: whatever this thread holds of the lock at close was taken here.
+        self._exits.append(lambda *exc: _release_all(lock))
+        lock.acquire()
+
+    def enter(self, cm: _GeneratorContextManager[Any]) -> Any:
+        """Enter a ``@contextmanager`` context until :meth:`close`; returns what it yields."""
+        gen = getattr(cm, "gen", None)
+        if not inspect.isgenerator(gen):
+            raise TypeError(f"Contexts.enter takes a @contextmanager context, got {cm!r}")
+
+        def exit_if_entered(*exc: Any) -> None:
+            # Suspended: it yielded and waits for its exit. Created: never entered. Closed:
+            # left already, or an interrupt inside its body ran its own finally.
+            if inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:
+                cm.__exit__(*exc)
+
+        self._exits.append(exit_if_entered)
+        return cm.__enter__()
+
+    def callback(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` at :meth:`close`. It must be harmless to call twice."""
+        self._exits.append(lambda *exc: fn(*args))
+
+    def close(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        """Run every exit, newest first, each until it has run; then raise the first
+        exception an exit raised (or an interrupt meanwhile), if any."""
+        pending: BaseException | None = None
+        while self._exits:
+            try:
+                self._exits[-1](exc_type, exc, tb)
+                self._exits.pop()
+            except BaseException as err:  # an exit's error, or Ctrl-C: finish first
+                pending = pending or err
+                if self._exits and not isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    self._exits.pop()  # a failing exit runs once; an interrupted one again
+        if pending is not None:
+            raise pending
+
+
+def _release_all(lock: Any) -> None:
+    while lock._is_owned():
+        lock.release()
+
+
+__all__ = ["Contexts"]
