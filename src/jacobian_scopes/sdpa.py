@@ -23,16 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import Any
 
 import torch
 
 #: The name this module's attention function is registered under.
 NAME = "jacobian_scopes_sdpa"
-
-_lock = threading.Lock()
-_registered: list[str] = []
 
 
 def repeats_heads(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -78,6 +75,7 @@ def _attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+@functools.cache
 def implementation() -> str:
     """The ``_attn_implementation`` the SDPA path sets: :data:`NAME`, registered with
     transformers on the first call, or ``"sdpa"`` where transformers has no registry.
@@ -87,19 +85,15 @@ def implementation() -> str:
         >>> implementation()
         'jacobian_scopes_sdpa'
     """
-    with _lock:
-        if _registered:
-            return _registered[0]
-        try:
-            from transformers import AttentionInterface
-            from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-        except ImportError:
-            _registered.append("sdpa")
-            return "sdpa"
-        AttentionInterface.register(NAME, _attention)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
-        _registered.append(NAME)
-        return NAME
+    # Registering twice (two threads' first calls at once) sets the same entries again.
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        return "sdpa"
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
 
 
 __all__ = ["NAME", "implementation", "repeats_heads"]
