@@ -17,7 +17,7 @@ import torch
 import helpers
 import jacobian_scopes as js
 from jacobian_scopes.guard import model_fingerprint
-from jacobian_scopes.interrupts import Contexts
+from jacobian_scopes.interrupts import Contexts, finish
 from jacobian_scopes.threads import model_lock
 
 pytestmark = pytest.mark.skipif(
@@ -373,3 +373,16 @@ def test_contexts_hold_a_lock_once_and_leave_a_callers_hold_alone():
 def test_contexts_enter_takes_contextmanager_contexts_only():
     with pytest.raises(TypeError, match="@contextmanager"):
         Contexts().enter(threading.RLock())
+
+
+def test_finish_runs_an_interrupted_restore_again_and_raises_the_interrupt_after():
+    calls = []
+
+    def restore(value):
+        calls.append(value)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the first pass
+
+    with pytest.raises(KeyboardInterrupt):
+        finish(restore, "flags")
+    assert calls == ["flags", "flags"]

@@ -46,6 +46,7 @@ import torch
 from jacobian_scopes import sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
+from jacobian_scopes.interrupts import finish
 from jacobian_scopes.threads import ThreadGate
 
 #: How a call runs attention: decided per call (``"auto"``), or forced.
@@ -192,15 +193,7 @@ def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]
             object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
         yield
     finally:
-        pending: BaseException | None = None
-        while True:
-            try:
-                _restore(saved_impl, saved_forward)
-                break
-            except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
-                pending = pending or exc
-        if pending is not None:
-            raise pending
+        finish(_restore, saved_impl, saved_forward)
 
 
 _MISSING = object()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from jacobian_scopes.interrupts import finish
 from jacobian_scopes.threads import model_lock
 
 
@@ -153,15 +154,7 @@ def _set_flags(params: list[torch.nn.Parameter], modules: list[torch.nn.Module],
 
 def _restore(params: list[torch.nn.Parameter], modules: list[torch.nn.Module]) -> None:
     """Set every flag back, whatever exception arrives meanwhile, then raise the first one."""
-    pending: BaseException | None = None
-    while True:
-        try:
-            _set_flags(params, modules, True)
-            break
-        except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
-            pending = pending or exc
-    if pending is not None:
-        raise pending
+    finish(_set_flags, params, modules, True)
 
 
 _TORCH_HOOK_DICTS = (
@@ -229,17 +222,13 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
         with model.hooks(fwd_hooks=fwd_hooks):
             yield
     finally:
-        pending: BaseException | None = None
-        while True:
-            try:
-                _put_back_hooks(held)
-                if level is not None:
-                    model.context_level = level
-                break
-            except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
-                pending = pending or exc
-        if pending is not None:
-            raise pending
+        finish(_put_back, model, held, level)
+
+
+def _put_back(model: Any, held: _Held, level: int | None) -> None:
+    _put_back_hooks(held)
+    if level is not None:
+        model.context_level = level
 
 
 # What a hook point held: the ids of its TransformerLens handles (forward, backward) and the

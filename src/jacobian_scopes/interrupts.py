@@ -122,9 +122,31 @@ class Contexts:
             raise pending
 
 
+def finish(restore: Callable[..., Any], *args: Any) -> None:
+    """Call an idempotent ``restore(*args)`` until it has run to its end, then raise the
+    first exception that cut it short (an asynchronous one, Ctrl-C), if any.
+
+    Example:
+        >>> from jacobian_scopes.interrupts import finish
+        >>> state = {}
+        >>> finish(state.__setitem__, "flag", True)
+        >>> state
+        {'flag': True}
+    """
+    pending: BaseException | None = None
+    while True:
+        try:
+            restore(*args)
+            break
+        except BaseException as exc:  # an asynchronous one (Ctrl-C): finish first
+            pending = pending or exc
+    if pending is not None:
+        raise pending
+
+
 def _release_all(lock: Any) -> None:
     while lock._is_owned():
         lock.release()
 
 
-__all__ = ["Contexts"]
+__all__ = ["Contexts", "finish"]
