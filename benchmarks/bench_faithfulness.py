@@ -1,14 +1,20 @@
-"""Is it faithful? Every scope and baseline on LAMBADA passages with the default SmolLM2.
+"""Is it faithful? Every scope and baseline on LAMBADA passages with an embedded real model.
 
     python benchmarks/bench_faithfulness.py --limit 200            # the full benchmark
     python benchmarks/bench_faithfulness.py --limit 5 --metrics aopc   # a quick look
     python benchmarks/bench_faithfulness.py --limit 12 --protocol paper  # the authors' protocol
+    python benchmarks/bench_faithfulness.py --model gemma-3-270m   # the second model family
+    torchrun --standalone --nproc-per-node 4 benchmarks/bench_faithfulness.py ...  # 4 processes
+
+Under torchrun the passages are shared out among the processes (each keeps
+``results.rank<r>.jsonl``; rank 0 merges them and writes the tables). A run stopped before the
+merge loses nothing: the rank files, concatenated into ``results.jsonl``, resume it.
 
 Runs deletion AOPC (the paper's metric; --protocol default or paper, see
 jacobian_scopes.eval.evaluate), ERASER comprehensiveness/sufficiency and the
 Spearman agreement with leave-one-out KL for the three scopes, the baselines and a random
 order (see jacobian_scopes.evaluate), and optionally the cascading randomisation check.
-Writes to --out (default reports/faithfulness/, or reports/faithfulness-paper/):
+Writes to --out (default reports/faithfulness[-<model>][-paper]/):
 
 * results.jsonl: every per-passage number, appended as it is computed. Rerunning the same
   command resumes: finished (passage, method) pairs are skipped, so the run can be stopped
@@ -35,10 +41,13 @@ import pandas as pd
 import torch
 
 import jacobian_scopes as js
-from jacobian_scopes.default_model import HF_NAME
+from jacobian_scopes.adapter import ModelAdapter
+from jacobian_scopes.default_model import packaged_model
 from jacobian_scopes.eval import evaluate
+from jacobian_scopes.eval.distributed import local_device, torchrun_ranks
 from jacobian_scopes.eval.methods import default_methods
 from jacobian_scopes.eval.passages import LAMBADA_200, load_lambada
+from jacobian_scopes.eval.store import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = LAMBADA_200  # shipped with the package
@@ -98,7 +107,9 @@ def summary_table(ev: evaluate.Evaluation, n_boot: int, seed: int) -> tuple[pd.D
     return s, markdown(table)
 
 
-def plot(ev: evaluate.Evaluation, s: pd.DataFrame, path: Path, n_boot: int, seed: int) -> None:
+def plot(
+    ev: evaluate.Evaluation, s: pd.DataFrame, path: Path, n_boot: int, seed: int, model: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +152,7 @@ def plot(ev: evaluate.Evaluation, s: pd.DataFrame, path: Path, n_boot: int, seed
         ax.invert_yaxis()
         ax.set_title(f"{LABELS[metric]} (95% bootstrap CI)")
         ax.axvline(0, color="black", linewidth=0.5)
-    fig.suptitle(f"SmolLM2-135M-Instruct, LAMBADA, n = {len(ev.passages)} passages")
+    fig.suptitle(f"{model}, LAMBADA, n = {len(ev.passages)} passages")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -151,6 +162,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="an embedded model: smollm2-135m-instruct or gemma-3-270m",
+    )
+    ap.add_argument("--device", default=None, help="default: the GPU if there is one")
     ap.add_argument("--data", type=Path, default=DATA, help="relative to the repository root")
     ap.add_argument("--limit", type=int, default=None, help="first N passages (default: all)")
     ap.add_argument("--out", type=Path, default=None)
@@ -173,11 +190,19 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no model, nothing computed: the tables of the passages that --out's results "
+        "files finished (a stopped run's, or the rank files of a stopped torchrun)",
+    )
     args = ap.parse_args()
     if args.protocol == "paper" and args.include_bos:
         ap.error("--include-bos is for --protocol default (the paper's passages have no BOS)")
+    spec = packaged_model(args.model)
     if args.out is None:
-        suffix = "" if args.protocol == "default" else f"-{args.protocol}"
+        suffix = "" if spec.name == "smollm2-135m-instruct" else f"-{spec.name}"
+        suffix += "" if args.protocol == "default" else f"-{args.protocol}"
         args.out = Path(f"reports/faithfulness{suffix}")
 
     data = args.data if args.data.is_absolute() else REPO / args.data
@@ -197,21 +222,43 @@ def main() -> None:
             sys.exit(f"unknown methods {sorted(unknown)}; choose from {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in args.methods]
 
-    model = js.load_default_model()
-    started = time.perf_counter()
-    ev = evaluate.evaluate(
-        model,
-        passages,
-        methods,
-        metrics=args.metrics,
-        protocol=args.protocol,
-        include_bos=args.include_bos if args.protocol == "default" else None,
-        seed=args.seed,
-        results=out / "results.jsonl",
-        internal_batch_size=args.batch_size,
-        verbose=not args.no_progress,
-    )
-    wall = time.perf_counter() - started
+    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    if args.report_only:
+        files = [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]
+        files = [f for f in files if f.exists()]
+        if not files:
+            sys.exit(f"--report-only: no results files in {out}")
+        ev = evaluate.read_results(files, passages)
+        if not len(ev.passages):
+            sys.exit(f"--report-only: {out}'s results files have no finished passage")
+        model_name = str(read_records(files)[("config", "", "")]["model"])
+        wall = float(previous.get("wall_seconds_this_run", float("nan")))
+        machine = str(previous.get("machine", "not recorded"))
+    else:
+        # Under torchrun each rank's model goes to its own GPU, or shares one round-robin.
+        model = js.load_default_model(spec.name, device=args.device or local_device())
+        model_name = ModelAdapter(model).name
+        started = time.perf_counter()
+        ev = evaluate.evaluate(
+            model,
+            passages,
+            methods,
+            metrics=args.metrics,
+            protocol=args.protocol,
+            include_bos=args.include_bos if args.protocol == "default" else None,
+            seed=args.seed,
+            results=out / "results.jsonl",
+            internal_batch_size=args.batch_size,
+            verbose=not args.no_progress,
+        )
+        wall = time.perf_counter() - started
+        ranks = torchrun_ranks()
+        if ranks is not None and ranks.rank != 0:
+            return  # rank 0 writes the tables for all
+        machine = (
+            f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads, {model.cfg.device}, {1 if ranks is None else ranks.world} process(es)"
+        )
 
     s, md = summary_table(ev, args.n_boot, args.seed)
     s.to_csv(out / "summary.csv")
@@ -227,16 +274,20 @@ def main() -> None:
         comparisons.append(c)
     if comparisons:
         pd.concat(comparisons).to_csv(out / "comparisons.csv", index=False)
-    plot(ev, s, out / "faithfulness.png", args.n_boot, args.seed)
+    plot(ev, s, out / "faithfulness.png", args.n_boot, args.seed, model_name)
 
     per_passage = ev.seconds_per_passage()
     command = "python benchmarks/bench_faithfulness.py " + shlex.join(sys.argv[1:])
+    if args.report_only:  # the command that computed the numbers
+        command = previous.get("command", command)
     gaps = ev.records.get("relative_gap")
     meta = {
-        "command": command.strip(),
+        "command": previous.get("command", command.strip())
+        if args.report_only
+        else command.strip(),
         "n_passages": len(ev.passages),
         "data": str(args.data),
-        "model": HF_NAME,
+        "model": model_name,
         "methods": ev.methods,
         "metrics": ev.metrics(),
         "protocol": args.protocol,
@@ -247,8 +298,7 @@ def main() -> None:
         "wall_seconds_this_run": wall,
         "ig_median_abs_relative_gap": None if gaps is None else float(gaps.abs().median()),
         "top1_is_reference": float(ev.passages["reference_matches"].mean()),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     how = {
@@ -256,7 +306,7 @@ def main() -> None:
         "paper": "protocol paper (whole passage, no BOS, its last token explained)",
     }[args.protocol]
     header = (
-        f"SmolLM2-135M-Instruct, LAMBADA (`{args.data}`), n = {len(ev.passages)} passages; "
+        f"{model_name}, LAMBADA (`{args.data}`), n = {len(ev.passages)} passages; "
         f"{how}; 95% bootstrap intervals.\n"
         f"Command: `{meta['command']}`\n"
     )

@@ -40,9 +40,7 @@ import argparse
 import copy
 import gc
 import json
-import statistics
 import sys
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -51,7 +49,7 @@ from typing import Any
 
 import torch
 
-from common import fisher_solver, fisher_variant
+from common import fisher_solver, fisher_variant, median_time
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llama-3.2-1b": dict(
@@ -237,18 +235,11 @@ def timed(fn: Any, device: str, repeats: int) -> tuple[float | None, float | Non
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        fn()
-        sync(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
+        seconds = median_time(fn, repeats, sync=lambda: sync(device))
         peak = None
         if device.startswith("cuda"):
             peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-        return statistics.median(times), peak, ""
+        return seconds, peak, ""
     except torch.OutOfMemoryError:
         return None, None, "out of memory"
     except Exception as err:  # one broken path must not cost the rest of a GPU lease

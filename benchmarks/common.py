@@ -13,13 +13,19 @@ from typing import Any
 import torch
 
 
-def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+def median_time(
+    fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: Callable[[], Any] = lambda: None
+) -> float:
+    """The median of ``repeats`` timed calls after ``warmup`` untimed ones; ``sync`` waits
+    for the device to finish (``torch.cuda.synchronize`` on a GPU)."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

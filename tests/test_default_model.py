@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 
 import pytest
+import torch
 
 import helpers
 from jacobian_scopes import default_model
@@ -135,3 +136,14 @@ def test_the_command_line_loads_gemma_by_its_name(monkeypatch):
     )
     assert models.load_model("gemma-3-270m") == "model"
     assert calls == [(("gemma-3-270m",), {"device": None})]
+
+
+def test_a_bridge_of_a_loaded_model_is_on_the_device_asked_for():
+    # boot_transformers leaves a given model where it is; a "cuda" model ran on the CPU.
+    pytest.importorskip("transformer_lens.model_bridge")
+    hf = helpers.make_hf("llama", 0, torch.float32)
+    model = default_model.bridge_from_hf(
+        helpers._BRIDGE_NAMES["llama"], hf, helpers.make_tokenizer(), device="meta"
+    )
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert str(model.cfg.device) == "meta"

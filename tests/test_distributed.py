@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import helpers
-from jacobian_scopes.eval.distributed import Ranks, torchrun_ranks
+from jacobian_scopes.eval import distributed
+from jacobian_scopes.eval.distributed import Ranks, backend, local_device, torchrun_ranks
 from jacobian_scopes.eval.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,23 @@ def test_torchrun_is_detected_from_its_environment(monkeypatch):
     assert torchrun_ranks() is None
 
 
+def test_nccl_only_when_every_local_process_has_a_gpu_of_its_own():
+    assert backend(1, 1) == "nccl"
+    assert backend(4, 8) == "nccl"
+    assert backend(2, 1) == "gloo"  # two ranks sharing one GPU: NCCL refuses
+    assert backend(2, 0) == "gloo"
+
+
+def test_ranks_share_gpus_round_robin(monkeypatch):
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 2)
+    for local_rank, index in ((0, 0), (1, 1), (2, 0), (5, 1)):
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        assert local_device() == torch.device("cuda", index)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    assert local_device() == torch.device("cpu")
+
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun_equal_one_process_exactly(tmp_path):
     kind = helpers.model_kinds()[0]
@@ -100,7 +118,13 @@ def test_two_processes_under_torchrun_equal_one_process_exactly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     torch.manual_seed(0)
-    single = evaluate(helpers.make_model(kind, "gpt2"), PASSAGES, METHODS, verbose=False)
+    # One thread, as each rank had: other thread counts sum in another order (1e-6 apart).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = evaluate(helpers.make_model(kind, "gpt2"), PASSAGES, METHODS, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
     expected = _numbers(single.records)
     for rank in (0, 1):  # every rank returns the whole evaluation
         got = pd.read_pickle(f"{out}.rank{rank}.pkl")

@@ -194,6 +194,49 @@ def test_a_results_file_resumes_where_it_stopped(kind, tmp_path):
         evaluate.evaluate(model, prompts, [counting(calls)], fractions=(0.1, 0.3), **kw)
 
 
+def test_read_results_gives_the_finished_passages_of_a_stopped_run_without_a_model(tmp_path):
+    model = helpers.make_model(helpers.model_kinds()[0], "llama")
+    prompts = [helpers.tokens(8, seed=s) for s in range(4)]
+    full = tmp_path / "full.jsonl"
+    methods = [OCCLUSION, SEMANTIC]
+    ev = evaluate.evaluate(
+        model, prompts, methods, results=full, metrics=("aopc", "loo"), verbose=False
+    )
+    lines = full.read_text().splitlines(keepends=True)
+    config = lines[0]
+    # A run stopped in its third passage: every record of the first two, and the third's
+    # attributions without their metrics (the passage record comes last).
+    third = [i for i, line in enumerate(lines) if '"type": "passage"' in line][1] + 1
+    stopped = tmp_path / "stopped.jsonl"
+    stopped.write_text("".join(lines[: third + 3]) + '{"type": "meth')
+    got = evaluate.read_results(stopped, prompts)
+    assert len(got.passages) == 2 and got.settings == ev.settings
+    cols = ["passage", "method", "aopc", "loo_spearman", "seconds"]
+    first_two = ev.records[ev.records["passage"].isin(got.passages["passage"])]
+    assert got.records[cols].equals(first_two[cols].reset_index(drop=True))
+    assert got.seconds_per_passage() == pytest.approx(
+        first_two.groupby("passage")["seconds"]
+        .sum()
+        .add(ev.passages.set_index("passage")["seconds"])
+        .dropna()
+        .mean()
+    )
+    # Rank files (each with its own config line) read as their merge.
+    by_passage: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        by_passage.setdefault(json.loads(line)["passage"], []).append(line)
+    keys = list(by_passage)
+    parts = [tmp_path / "r.rank0.jsonl", tmp_path / "r.rank1.jsonl"]
+    for part, share in zip(parts, (keys[0::2], keys[1::2]), strict=True):
+        part.write_text(config + "".join(line for k in share for line in by_passage[k]))
+    merged = evaluate.read_results(parts, prompts)
+    assert merged.records[cols].equals(ev.records[cols])
+    other = tmp_path / "other.jsonl"
+    other.write_text(config.replace('"seed": 0', '"seed": 1'))
+    with pytest.raises(js.errors.ScopeInputError, match="other settings"):
+        evaluate.read_results([full, other], prompts)
+
+
 def test_evaluation_leaves_the_model_as_before(tiny):
     model, _, _ = tiny
     user_state(model)

@@ -382,3 +382,24 @@ def test_finish_runs_an_interrupted_restore_again_and_raises_the_interrupt_after
     with pytest.raises(KeyboardInterrupt):
         finish(restore, "flags")
     assert calls == ["flags", "flags"]
+
+
+def test_an_interrupt_while_checkpointing_is_undone_leaves_every_block_plain(monkeypatch):
+    from jacobian_scopes import engine
+
+    model = helpers.make_model(helpers.model_kinds()[0], "llama")
+    restore = engine._put_back_forwards
+    calls = []
+
+    def interrupted_once(saved):
+        calls.append(len(saved))
+        if len(calls) == 1:  # Ctrl-C after the first block is put back
+            restore(saved[:1])
+            raise KeyboardInterrupt
+        restore(saved)
+
+    monkeypatch.setattr(engine, "_put_back_forwards", interrupted_once)
+    with pytest.raises(KeyboardInterrupt), engine.checkpointed_blocks(model):
+        assert all("forward" in vars(b) for b in model.blocks)
+    assert calls == [len(model.blocks)] * 2
+    assert not any("forward" in vars(b) for b in model.blocks)

@@ -326,6 +326,9 @@ def bridge_from_hf(
     try:
         kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
         if device is not None:
+            # Given a loaded model, boot_transformers records the device in cfg.device but
+            # leaves the weights where they are: a "cuda" model would run on the CPU.
+            hf_model.to(device)
             kwargs["device"] = device
         model = TransformerBridge.boot_transformers(name, **kwargs)
     finally:

@@ -39,7 +39,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
-from jacobian_scopes.interrupts import Contexts
+from jacobian_scopes.interrupts import Contexts, finish
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate, model_lock
 
@@ -577,15 +577,21 @@ def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[
                     return _original(*args, **kwargs)
                 return checkpoint(gate.lend(_original), *args, use_reentrant=False, **kwargs)
 
-            object.__setattr__(block, "forward", run)
+            # Recorded before it is set, so that an interrupt in between is undone too.
             saved.append((block, own))
+            object.__setattr__(block, "forward", run)
         yield
     finally:
-        for block, own in saved:
-            if own is None:
-                object.__delattr__(block, "forward")
-            else:
-                object.__setattr__(block, "forward", own)
+        finish(_put_back_forwards, saved)
+
+
+def _put_back_forwards(saved: list[tuple[torch.nn.Module, Any]]) -> None:
+    # Idempotent, so that finish() can run it again after an interrupt.
+    for block, own in saved:
+        if own is None:
+            block.__dict__.pop("forward", None)
+        else:
+            object.__setattr__(block, "forward", own)
 
 
 def _all_finite(t: Tensor) -> bool:

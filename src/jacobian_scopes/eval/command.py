@@ -67,7 +67,7 @@ def run_evaluate(args: argparse.Namespace, console: Any, load: Callable[..., Any
     """The ``evaluate`` command; ``load(spec, device, console)`` loads the model."""
     from rich.table import Table
 
-    from jacobian_scopes.eval.distributed import torchrun_ranks
+    from jacobian_scopes.eval.distributed import local_device, torchrun_ranks
     from jacobian_scopes.eval.evaluate import evaluate
     from jacobian_scopes.eval.passages import LAMBADA_200, load_lambada
 
@@ -79,7 +79,10 @@ def run_evaluate(args: argparse.Namespace, console: Any, load: Callable[..., Any
         )
     except (OSError, ValueError) as exc:
         raise ScopeInputError(f"cannot read passages: {exc}") from exc
-    model = load(args.model, args.device, console)
+    ranks = torchrun_ranks()
+    # Under torchrun each rank's model goes to its own GPU (or shares one round-robin).
+    device = args.device or (str(local_device()) if ranks is not None else None)
+    model = load(args.model, device, console)
     ev = evaluate(
         model,
         passages,
@@ -90,7 +93,6 @@ def run_evaluate(args: argparse.Namespace, console: Any, load: Callable[..., Any
         results=args.results,
         verbose=not args.quiet,
     )
-    ranks = torchrun_ranks()
     if ranks is not None and ranks.rank != 0:
         return 0  # rank 0 reports for all
     summary = ev.summary()

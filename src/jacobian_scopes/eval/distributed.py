@@ -5,8 +5,10 @@ numbers do not depend on which process computes them, or on the others), writes 
 results file next to the requested one (``results.rank<r>.jsonl``, resumable like a
 single-process file), and the ranks then exchange their records: every rank returns the
 whole evaluation, and rank 0 writes the merged file. The process group uses ``nccl`` when
-CUDA is available and ``gloo`` otherwise; one that the caller already set up is used as it
-is.
+every process on a machine has a GPU of its own, and ``gloo`` otherwise (on CPU, and with
+more processes than GPUs: a small model leaves a GPU idle between one process's kernels, so
+several processes may share it, which NCCL refuses); one that the caller already set up is
+used as it is. :func:`local_device` is the device a rank's model belongs on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.distributed as dist
 
 from jacobian_scopes.eval.store import Key, record_key
 
-__all__ = ["Ranks", "torchrun_ranks"]  # the rest is evaluate's machinery
+__all__ = ["Ranks", "local_device", "torchrun_ranks"]  # the rest is evaluate's machinery
 
 T = TypeVar("T")
 
@@ -68,16 +70,46 @@ def torchrun_ranks() -> Ranks | None:
     return Ranks(rank=int(os.environ["RANK"]), world=world)
 
 
+def backend(local_world: int, n_gpus: int) -> str:
+    """``nccl`` when each of a machine's ``local_world`` processes has one of its ``n_gpus``
+    GPUs to itself, ``gloo`` otherwise.
+
+    Example:
+        >>> from jacobian_scopes.eval.distributed import backend
+        >>> backend(2, 2), backend(8, 1), backend(2, 0)
+        ('nccl', 'gloo', 'gloo')
+    """
+    return "nccl" if 0 < local_world <= n_gpus else "gloo"
+
+
+def local_device() -> torch.device:
+    """The device for this process's model: under torchrun with GPUs, the GPU its local rank
+    maps to (ranks share GPUs round-robin when there are more of them); else the CPU or
+    the one GPU.
+
+    Example:
+        >>> from jacobian_scopes.eval.distributed import local_device
+        >>> local_device().type in ("cpu", "cuda")
+        True
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 @contextmanager
 def process_group() -> Iterator[None]:
     """The default process group, set up for the duration unless the caller already has."""
     if dist.is_initialized():
         yield
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    chosen = backend(local_world, n_gpus)
+    if n_gpus:
+        torch.cuda.set_device(local_device())
+    dist.init_process_group(backend=chosen)
     try:
         yield
     finally:

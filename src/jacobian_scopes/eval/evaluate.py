@@ -62,7 +62,7 @@ from jacobian_scopes.eval.methods import (
 )
 from jacobian_scopes.eval.passages import Passage, as_passages
 from jacobian_scopes.eval.sanity import RandomisationResult, randomisation_check
-from jacobian_scopes.eval.store import ResultsStore
+from jacobian_scopes.eval.store import Key, ResultsStore, read_records
 from jacobian_scopes.inputs import resolve_target, resolve_tokens
 from jacobian_scopes.options import Prompt
 from jacobian_scopes.progress import progress
@@ -77,6 +77,7 @@ __all__ = [
     "evaluate",
     "loo_agreement",
     "randomisation_check",
+    "read_results",
 ]
 
 DELETION_FRACTIONS = (0.05, 0.1, 0.2)
@@ -394,6 +395,8 @@ class _Runner:
                     "scores": scores.tolist(),
                     # shared computations are timed once, on the method's first output
                     "seconds": seconds if name == method.name else 0.0,
+                    # its time is the leave-one-out rows' (read_results needs to know)
+                    **({"leave_one_out": True} if method.leave_one_out else {}),
                     **info,
                 }
                 # Saved at once: an interrupted run keeps every attribution it finished.
@@ -506,17 +509,23 @@ def _pad(scores: Tensor, n: int) -> Tensor:
 
 
 def _evaluation(
-    store: ResultsStore, passages: list[Passage], methods: list[Method], settings: Settings
+    records: dict[Key, dict[str, Any]],
+    passages: list[Passage],
+    groups: dict[str, str],
+    settings: Settings,
+    loo_is_a_method: bool,
 ) -> Evaluation:
-    groups = {o: m.name for m in methods for o in m.outputs}
+    def get(kind: str, passage: Any, name: str = "") -> dict[str, Any] | None:
+        return records.get((kind, str(passage), name))
+
     rows = []
     for p in passages:
         for out, group in groups.items():
-            rec = store.get("method", str(p.key), out)
+            rec = get("method", p.key, out)
             if rec is None:
                 continue
             # A variant reports the time of the computation that produced it.
-            primary = store.get("method", str(p.key), group) or rec
+            primary = get("method", p.key, group) or rec
             row: dict[str, Any] = {"passage": p.key, "method": out, "seconds": primary["seconds"]}
             if "aopc" in rec:
                 row["aopc"] = rec["aopc"]
@@ -532,13 +541,13 @@ def _evaluation(
             rows.append(row)
     passage_rows = []
     for p in passages:
-        rec = store.get("passage", str(p.key))
+        rec = get("passage", p.key)
         if rec is None:
             continue
-        ref = store.get("reference", str(p.key), "loo_kl")
+        ref = get("reference", p.key, "loo_kl")
         # The LOO rows are timed with the reference unless the occlusion method took them.
         loo_seconds = 0.0
-        if ref is not None and not any(m.leave_one_out for m in methods):
+        if ref is not None and not loo_is_a_method:
             loo_seconds = float(ref["seconds"])
         passage_rows.append(
             {
@@ -633,6 +642,8 @@ def evaluate(
     if random_baseline and not any(m.name == "random" for m in method_list):
         method_list.append(random_method(seed))
     names = [o for m in method_list for o in m.outputs]
+    groups = {o: m.name for m in method_list for o in m.outputs}
+    loo_is_a_method = any(m.leave_one_out for m in method_list)
     if len(set(names)) != len(names) or not names:
         raise ScopeInputError(f"method names must be distinct and non-empty, got {names}")
     passages = as_passages(prompts)
@@ -662,7 +673,7 @@ def evaluate(
     if ranks is None:
         store = ResultsStore(results, config, assumed=assumed)
         run(store, passages)
-        return _evaluation(store, passages, method_list, settings)
+        return _evaluation(store.records, passages, groups, settings, loo_is_a_method)
     with process_group():
         mine = ResultsStore(
             None if results is None else ranks.rank_file(results), config, assumed=assumed
@@ -676,7 +687,53 @@ def evaluate(
                 if merged.get(*key) != record:
                     merged.put(record)
         barrier()
-    return _evaluation(store, passages, method_list, settings)
+    return _evaluation(store.records, passages, groups, settings, loo_is_a_method)
+
+
+def read_results(
+    results: str | Path | Sequence[str | Path], prompts: Iterable[Prompt | Passage]
+) -> Evaluation:
+    """The evaluation that results files hold, without a model and without computing: what
+    a run stopped before its end did, or the rank files of a ``torchrun`` that never merged
+    them (give them all; they read as their merge).
+
+    It has the ``prompts`` whose metrics are finished (the others are left out, so ``n``
+    counts them), with every method the files score them by, under the settings the files
+    were written with.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.eval.evaluate import evaluate, read_results
+        >>> model = js.load_default_model()
+        >>> prompts = ["The capital of France is", "One, two, three,"]
+        >>> _ = evaluate(model, prompts, ["semantic"], metrics=["aopc"],
+        ...              results="read.jsonl", verbose=False)
+        >>> read_results("read.jsonl", prompts).summary()[["n", "aopc"]].round(2)
+                  n  aopc
+        method
+        random    2 -0.46
+        semantic  2 -0.13
+    """
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    records = read_records(paths)
+    config = {"protocol": "default", **records[("config", "", "")]}
+    settings = Settings(
+        tuple(config["fractions"]),
+        tuple(config["eraser_bins"]),
+        bool(config["include_bos"]),
+        config["explain"],
+        int(config["seed"]),
+        config["protocol"],
+    )
+    passages = [p for p in as_passages(prompts) if ("passage", str(p.key), "") in records]
+    done = {str(p.key) for p in passages}
+    groups = {
+        str(r["name"]): str(r["method"])
+        for (kind, passage, _), r in records.items()
+        if kind == "method" and passage in done
+    }
+    loo_is_a_method = any(r.get("leave_one_out") for r in records.values())
+    return _evaluation(records, passages, groups, settings, loo_is_a_method)
 
 
 def aopc(

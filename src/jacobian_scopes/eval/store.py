@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,26 @@ def _broken(line: str) -> bool:
     except json.JSONDecodeError:
         return True
     return False
+
+
+def _read(path: Path) -> tuple[dict[Key, dict[str, Any]], bool]:
+    """The records of a results file, and whether its last line is torn (a stopped run)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    torn = not text.endswith("\n")
+    records: dict[Key, dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                torn = True
+                continue
+            raise ScopeInputError(f"{path}:{i + 1} is not valid JSON") from None
+        records[record_key(record)] = record
+    return records, torn
 
 
 class ResultsStore:
@@ -71,21 +92,7 @@ class ResultsStore:
 
     def _load(self, config: dict[str, Any]) -> None:
         assert self.path is not None
-        with self.path.open(encoding="utf-8") as f:
-            text = f.read()
-        lines = text.splitlines()
-        torn = not text.endswith("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    torn = True  # the last line of an interrupted run
-                    continue
-                raise ScopeInputError(f"{self.path}:{i + 1} is not valid JSON") from None
-            self.records[record_key(record)] = record
+        self.records, torn = _read(self.path)
         old = self.records.get(("config", "", ""))
         if old is None:
             raise ScopeInputError(f"{self.path} has no config record; is it a results file?")
@@ -99,6 +106,7 @@ class ResultsStore:
             )
         if torn:
             # Rewrite without the torn line, so that appends start on a fresh line.
+            lines = self.path.read_text(encoding="utf-8").splitlines()
             keep = lines[:-1] if lines and _broken(lines[-1]) else lines
             with self.path.open("w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in keep)
@@ -115,3 +123,34 @@ class ResultsStore:
             f.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_records(paths: Sequence[str | Path]) -> dict[Key, dict[str, Any]]:
+    """Every record of one or more results files, later files and lines replacing earlier
+    ones (so the rank files of a stopped ``torchrun`` read as their merge), after checking
+    that all were written with the same settings.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from jacobian_scopes.eval.store import read_records
+        >>> path = Path(tempfile.mkdtemp()) / "r.jsonl"
+        >>> lines = [{"type": "config", "seed": 0}, {"type": "passage", "passage": "0:ab"}]
+        >>> _ = path.write_text("".join(json.dumps(r) + "\\n" for r in lines))
+        >>> sorted(read_records([path]))
+        [('config', '', ''), ('passage', '0:ab', '')]
+    """
+    merged: dict[Key, dict[str, Any]] = {}
+    config: dict[str, Any] | None = None
+    for path in paths:
+        records, _ = _read(Path(path))
+        own = records.get(("config", "", ""))
+        if own is None:
+            raise ScopeInputError(f"{path} has no config record; is it a results file?")
+        if config is not None and own != config:
+            raise ScopeInputError(f"{path} was written with other settings than {paths[0]}")
+        config = own
+        merged.update(records)
+    if config is None:
+        raise ScopeInputError("no results file given")
+    return merged

@@ -1,0 +1,56 @@
+"""benchmarks/study_tables.py: the study's four runs side by side, with signs that read right."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import study_tables
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return study_tables
+
+
+def test_a_pair_stored_the_other_way_round_is_reported_as_a_minus_b():
+    tables = load()
+    stored = pd.DataFrame(
+        [
+            # as Evaluation.compare writes it: semantic − attention_last
+            {
+                "metric": "aopc",
+                "a": "semantic",
+                "b": "attention_last",
+                "mean_difference": 0.19,
+                "p_value": 0.01,
+            },
+            {
+                "metric": "loo_spearman",
+                "a": "attention_last",
+                "b": "semantic",
+                "mean_difference": 0.5,
+                "p_value": 0.5,
+            },
+        ]
+    )
+    text = tables.pair_table({"run": stored})
+    row = next(line for line in text.splitlines() if line.startswith("| attention_last − semantic"))
+    assert "-0.19 (p 0.010)" in row  # attention more faithful: negative, from the AOPC row
+
+
+def test_every_run_shows_its_own_interval_and_the_fewest_passages(tmp_path):
+    tables = load()
+    s = pd.DataFrame(
+        {"n": [26, 25], "aopc": [-1.0, -0.3], "aopc_low": [-1.2, -0.4], "aopc_high": [-0.8, -0.2]},
+        index=pd.Index(["semantic", "random"], name="method"),
+    )
+    text = tables.metric_table({"A": s, "B": s * 2}, "aopc", {"semantic": -1.298})
+    assert "| semantic | -1.00 [-1.20, -0.80] | -2.00 [-2.40, -1.60] | -1.298 |" in text
+    assert "| *passages* | 25 | 50 | 1000 |" in text
