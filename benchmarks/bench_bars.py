@@ -5,7 +5,9 @@
 
 The floor is the Hugging Face model itself with PyTorch SDPA attention: a forward pass to
 the final hidden state and one backward pass to the input embeddings only, parameters
-frozen. Every length runs in a fresh process (one torch thread unless OMP_NUM_THREADS
+frozen. "TransformerLens model alone" is the same work through the TransformerBridge that
+the scopes run on (a hook makes the embeddings a leaf, no scope): what TransformerLens
+itself costs over the floor. Every length runs in a fresh process (one torch thread unless OMP_NUM_THREADS
 says otherwise), the floor and the scopes in that same process, after a warm-up, in rounds:
 each round times the floor and then every scope once, and a scope's ratio is the median
 over rounds of its time over that round's floor (the floor's seconds are the median too).
@@ -64,6 +66,8 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
         p.requires_grad_(False)
     tokens = _tokens(AutoTokenizer.from_pretrained(path), n)
     model = js.load_default_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
     target = int(tokens[0, -1])
     w = hf.lm_head.weight[target].detach()
 
@@ -73,8 +77,30 @@ def measure(n: int, fisher_variants: list[str], repeats: int, solver: str | None
         (g,) = torch.autograd.grad(y[0, -1] @ w, emb)
         return g
 
+    def bridge_alone() -> torch.Tensor:
+        # The TransformerLens model with what any scope needs and nothing else: the input
+        # embeddings made a leaf by a hook, the final state read before the unembedding.
+        box: dict[str, torch.Tensor] = {}
+
+        def leaf(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            box["emb"] = x.detach().requires_grad_(True)
+            return box["emb"]
+
+        def read(module: Any, args: tuple[torch.Tensor, ...]) -> None:
+            box["y"] = args[0]
+
+        handle = model.unembed.register_forward_pre_hook(read)
+        try:
+            with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", leaf)]):
+                model(tokens)
+        finally:
+            handle.remove()
+        (g,) = torch.autograd.grad(box["y"][0, -1] @ w, box["emb"])
+        return g
+
     work: dict[str, Any] = {
         "floor (HF SDPA)": floor,
+        "TransformerLens model alone (no scope)": bridge_alone,
         "Semantic": lambda: js.semantic_scope(model, tokens, target),
         "Temperature": lambda: js.temperature_scope(model, tokens),
         "Fisher principal": lambda: js.fisher_scope(model, tokens, method="principal"),
