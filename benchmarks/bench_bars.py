@@ -7,10 +7,11 @@ The floor is the Hugging Face model itself with PyTorch SDPA attention: a forwar
 the final hidden state and one backward pass to the input embeddings only, parameters
 frozen. "TransformerLens model alone" is the same work through the TransformerBridge that
 the scopes run on (a hook makes the embeddings a leaf, no scope): what TransformerLens
-itself costs over the floor. Every length runs in a fresh process (one torch thread unless OMP_NUM_THREADS
-says otherwise), the floor and the scopes in that same process, after a warm-up, in rounds:
-each round times the floor and then every scope once, and a scope's ratio is the median
-over rounds of its time over that round's floor (the floor's seconds are the median too).
+itself costs over the floor. Every length runs in a fresh process (one torch thread unless
+OMP_NUM_THREADS says otherwise), the floor and the scopes in that same process, after a
+warm-up, in rounds: each round times the floor and then every scope once, and a scope's
+ratio is the median over rounds of its time over that round's floor (the floor's seconds
+are the median too).
 ``--long`` adds T = 4096 (minutes on two cores). ``--fisher`` adds Fisher variants as
 ``method:rank:n_probes[:solver]`` (the solver of the eigen-directions, ``gram`` or
 ``iterative``; see :mod:`jacobian_scopes.fisher`); ``--solver`` sets the one of every
