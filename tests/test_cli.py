@@ -335,3 +335,21 @@ def test_evaluate_prints_and_writes_the_library_s_summary(tiny_loaded, tmp_path,
     assert sorted(written.index) == sorted(expected.index) == ["random", "semantic"]
     written = written.loc[list(expected.index)]
     assert written["aopc"].tolist() == pytest.approx(expected["aopc"].tolist(), rel=1e-6)
+
+
+def test_evaluate_under_torchrun_puts_each_rank_s_model_on_its_local_device(
+    monkeypatch, tmp_path, capsys
+):
+    from jacobian_scopes.eval import distributed
+    from jacobian_scopes.eval import evaluate as evaluation
+
+    devices = []
+    monkeypatch.setattr(models, "load_model", lambda spec, device=None: devices.append(device))
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: None)  # rank 1 reports nothing
+    monkeypatch.setattr(distributed, "torchrun_ranks", lambda: distributed.Ranks(1, 2))
+    monkeypatch.setattr(distributed, "local_device", lambda: torch.device("cuda", 1))
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps([{"text": "w1 w5 w9"}]))
+    assert run(["evaluate", "--data", data, "--quiet"], capsys)[0] == 0
+    assert run(["evaluate", "--data", data, "--device", "cpu", "--quiet"], capsys)[0] == 0
+    assert devices == ["cuda:1", "cpu"]  # --device, when given, wins
