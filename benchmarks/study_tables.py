@@ -37,17 +37,21 @@ PAIRS = [
 def cell(row: pd.Series, metric: str) -> str:
     if metric not in row or pd.isna(row[metric]):
         return "–"
-    return f"{row[metric]:.2f} [{row[f'{metric}_low']:.2f}, {row[f'{metric}_high']:.2f}]"
+    # The interval on a line of its own, unbroken: a wrapped "[-1.36,\n-1.04]" misreads.
+    low, high = row[f"{metric}_low"], row[f"{metric}_high"]
+    return f"**{row[metric]:.2f}**<br>[{low:.2f},\u00a0{high:.2f}]"
 
 
 def metric_table(summaries: dict[str, pd.DataFrame], metric: str, paper: dict[str, float]) -> str:
     methods = list(next(iter(summaries.values())).index)
-    head = ["method", *summaries, "paper (Llama-3.2-1B)"]
+    head = ["method", *summaries, "paper, Llama-3.2-1B"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         cells = [cell(s.loc[m], metric) if m in s.index else "–" for s in summaries.values()]
         ref = paper.get(m)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'' if ref is None else ref} |")
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | {'' if ref is None else f'{ref:.3f}'} |"
+        )
     ns = [f"{int(s['n'].min())}" for s in summaries.values()]
     lines.append("| *passages* | " + " | ".join(ns) + " | 1000 |")
     return "\n".join(lines)

@@ -52,5 +52,6 @@ def test_every_run_shows_its_own_interval_and_the_fewest_passages(tmp_path):
         index=pd.Index(["semantic", "random"], name="method"),
     )
     text = tables.metric_table({"A": s, "B": s * 2}, "aopc", {"semantic": -1.298})
-    assert "| semantic | -1.00 [-1.20, -0.80] | -2.00 [-2.40, -1.60] | -1.298 |" in text
+    a, b = "**-1.00**<br>[-1.20,\u00a0-0.80]", "**-2.00**<br>[-2.40,\u00a0-1.60]"
+    assert f"| semantic | {a} | {b} | -1.298 |" in text
     assert "| *passages* | 25 | 50 | 1000 |" in text
