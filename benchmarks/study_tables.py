@@ -73,7 +73,8 @@ def pair_table(comparisons: dict[str, pd.DataFrame]) -> str:
                 continue
             r = hit.iloc[0]
             pv = r["p_value"]
-            pv_text = "p < 0.001" if pv < 0.001 else f"p {pv:.3f}"
+            # no-break spaces: "p <" on one line and "0.001" on the next misreads
+            pv_text = "p\u00a0<\u00a00.001" if pv < 0.001 else f"p\u00a0{pv:.3f}"
             cells.append(f"{sign * r['mean_difference']:+.2f} ({pv_text})")
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

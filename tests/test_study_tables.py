@@ -42,7 +42,7 @@ def test_a_pair_stored_the_other_way_round_is_reported_as_a_minus_b():
     )
     text = tables.pair_table({"run": stored})
     row = next(line for line in text.splitlines() if line.startswith("| attention_last − semantic"))
-    assert "-0.19 (p 0.010)" in row  # attention more faithful: negative, from the AOPC row
+    assert "-0.19 (p\u00a00.010)" in row  # attention more faithful: negative, from the AOPC row
 
 
 def test_every_run_shows_its_own_interval_and_the_fewest_passages(tmp_path):
