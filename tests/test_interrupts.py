@@ -403,3 +403,25 @@ def test_an_interrupt_while_checkpointing_is_undone_leaves_every_block_plain(mon
         assert all("forward" in vars(b) for b in model.blocks)
     assert calls == [len(model.blocks)] * 2
     assert not any("forward" in vars(b) for b in model.blocks)
+
+
+def test_contexts_an_interrupt_between_two_exits_still_runs_the_rest():
+    events: list[str] = []
+    stack = Contexts()
+    stack.callback(events.append, "first registered")
+    stack.callback(events.append, "last registered")
+
+    class InterruptedOnce(list):
+        # Ctrl-C at the loop's check after the first exit, where Python delivers it
+        fired = False
+
+        def __bool__(self):
+            if not self.fired and list.__len__(self) == 1:
+                self.fired = True
+                raise KeyboardInterrupt
+            return list.__len__(self) > 0
+
+    stack._exits = InterruptedOnce(stack._exits)
+    with pytest.raises(KeyboardInterrupt):
+        stack.close()
+    assert events == ["last registered", "first registered"]

@@ -302,7 +302,7 @@ class Trace:
             self.logits = logits
             self._check_forward()
         except BaseException:
-            stack.close()
+            finish(stack.close)
             raise
         return self
 
@@ -313,7 +313,8 @@ class Trace:
         tb: TracebackType | None,
     ) -> None:
         if self._stack is not None:
-            self._stack.close(exc_type, exc, tb)
+            # finish: a Ctrl-C as close starts (before its own try) must not skip it.
+            finish(self._stack.close, exc_type, exc, tb)
             self._stack = None
 
     def _check_forward(self) -> None:

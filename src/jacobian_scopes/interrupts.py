@@ -110,10 +110,15 @@ class Contexts:
         """Run every exit, newest first, each until it has run; then raise the first
         exception an exit raised (or an interrupt meanwhile), if any."""
         pending: BaseException | None = None
-        while self._exits:
+        while True:
+            # The loop over the exits is inside the try: Python delivers a Ctrl-C at a
+            # loop's backward jump too, and one there must not skip the remaining exits
+            # (the lock's release is the last of them).
             try:
-                self._exits[-1](exc_type, exc, tb)
-                self._exits.pop()
+                while self._exits:
+                    self._exits[-1](exc_type, exc, tb)
+                    self._exits.pop()
+                break
             except BaseException as err:  # an exit's error, or Ctrl-C: finish first
                 pending = pending or err
                 if self._exits and not isinstance(err, (KeyboardInterrupt, SystemExit)):
