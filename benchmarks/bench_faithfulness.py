@@ -47,7 +47,6 @@ from jacobian_scopes.eval import evaluate
 from jacobian_scopes.eval.distributed import local_device, torchrun_ranks
 from jacobian_scopes.eval.methods import default_methods
 from jacobian_scopes.eval.passages import LAMBADA_200, load_lambada
-from jacobian_scopes.eval.store import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = LAMBADA_200  # shipped with the package
@@ -231,7 +230,9 @@ def main() -> None:
         ev = evaluate.read_results(files, passages)
         if not len(ev.passages):
             sys.exit(f"--report-only: {out}'s results files have no finished passage")
-        model_name = str(read_records(files)[("config", "", "")]["model"])
+        # The config record is each file's first line: no need to parse the files again.
+        with files[0].open(encoding="utf-8") as f:
+            model_name = str(json.loads(f.readline())["model"])
         wall = float(previous.get("wall_seconds_this_run", float("nan")))
         machine = str(previous.get("machine", "not recorded"))
     else:
