@@ -470,14 +470,16 @@ def test_browser_progress_and_cancel(model):
             type_prompt(page, PROMPT)
             wait_status(page, r"^6 tokens")
             page.locator("#jsv-run").click()
-            wait_status(page, "running: attention beside the scope")
+            wait_status(page, r"running: attention beside the scope … \(step 3 of 4\)")
             page.locator("#jsv-cancel").click()
             wait_status(page, "^cancelled$")
         finally:
             release.set()
         page.wait_for_timeout(1000)
-        # Read, not awaited: a failure shows what covered "cancelled".
+        # Read, not awaited: a failure shows what covered "cancelled" (Gradio's cancel of
+        # a run mid-step once left "Error" on its outputs).
         assert page.locator("#jsv-status").inner_text() == "cancelled"
+        assert "Error" not in page.locator("body").inner_text()
         assert page.locator("#jsv-view-tokens iframe").count() == 0
         # The app still works afterwards.
         page.locator("#jsv-run").click()
@@ -732,3 +734,40 @@ def test_the_server_reaches_nothing_but_loopback(model, monkeypatch):
         )
     assert got["scores"] == js.semantic_scope(model, PROMPT, "w7", position=3).scores.tolist()
     assert outbound == []
+
+
+def test_browser_cancel_stops_its_own_queued_run_and_no_other_browser_s(model):
+    release = threading.Event()
+    with served(model) as (app, url), browser_page(url) as first:
+        # A second browser context of the same Chromium: a session of its own.
+        second = first.context.browser.new_context().new_page()
+        second.goto(url, wait_until="load")
+        second.wait_for_selector("#jsv-tokens .token", timeout=30_000)
+        slow = app.explorer.beside_attention
+        calls = []
+
+        def blocked(result, k=4):
+            calls.append(result.scope)
+            release.wait(20)
+            return slow(result, k)
+
+        app.explorer.beside_attention = blocked
+        try:
+            for page in first, second:
+                type_prompt(page, PROMPT)
+                wait_status(page, r"^6 tokens")
+            first.locator("#jsv-run").click()
+            wait_status(first, "running: attention beside the scope")
+            # One run at a time: the second browser's run waits in the queue.
+            second.locator("#jsv-run").click()
+            second.wait_for_timeout(500)
+            second.locator("#jsv-cancel").click()
+            wait_status(second, "^cancelled$")
+        finally:
+            release.set()
+        wait_status(first, "top tokens")
+        second.wait_for_timeout(1500)
+        assert second.locator("#jsv-status").inner_text() == "cancelled"
+        assert second.locator("#jsv-view-tokens iframe").count() == 0
+        assert len(calls) == 1
+        view_frame(first, "tokens")

@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import html
 import ipaddress
+import itertools
 import os
 import socket
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -156,10 +156,13 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
     ex = Explorer(model, max_tokens=max_tokens)
     max_chars = ex.max_tokens * CHARS_PER_TOKEN if ex.max_tokens else None
 
-    # Gradio recognises a progress tracker by a default value of this type.
-    tracker = gr.Progress()
-    # Set by Cancel; runs are one at a time (concurrency_limit=1), so one flag serves.
-    cancelled = threading.Event()
+    # Cancel is the app's own, not Gradio's `cancels=`: Gradio 6 marks the outputs of a run
+    # it cancels mid-step "Error" when the step ends late (its front end races the /cancel
+    # reply against the stream's close). Each Run click takes a number before it queues;
+    # Cancel stops every run of its session up to the latest number, running or queued,
+    # and no other session's.
+    run_numbers = itertools.count(1)
+    cancelled_through: dict[str, int] = {}
 
     def on_prompt(prompt: str) -> tuple[Any, ...]:
         try:
@@ -243,33 +246,42 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         method: str,
         layers: bool,
         attention: bool,
-        progress: Any = tracker,
+        number: int,
+        request: Any,
     ) -> Iterator[tuple[Any, ...]]:
         skip = (gr.skip(),) * 5
         started = time.perf_counter()
-        cancelled.clear()
+        session = request.session_hash
 
-        def report(*args: Any, **kwargs: Any) -> None:
-            # A library call that was running when Cancel was pressed goes on to its next
-            # step: its progress must not cover "cancelled" again.
-            if not cancelled.is_set():
-                progress(*args, **kwargs)
+        def cancelled() -> bool:
+            return number <= cancelled_through.get(session, 0)
+
+        # Said again at the end, or Gradio would show this run's last yield in its place.
+        # compute yields before each step, the first included: a run cancelled while it
+        # waited in the queue stops there, before any work.
+        stopped = (status("cancelled"), *skip)
+        step = [0, 0]
+
+        def count(fraction: tuple[int, int], desc: str = "") -> None:
+            step[:] = fraction
 
         try:
             req = request_from(prompt, scope_label, position, target, labels, foil, mode, method)
             views: Views | None = None
-            for text, done in compute(ex, req, layers=layers, attention=attention, progress=report):
+            for text, done in compute(ex, req, layers=layers, attention=attention, progress=count):
                 # A library call already running when Cancel was pressed still returns here:
                 # it must not overwrite "cancelled" with its own progress or results.
-                if cancelled.is_set():
+                if cancelled():
+                    yield stopped
                     return
                 if done is None:
-                    yield (status(f"running: {text} …"), *skip)
+                    yield (status(f"running: {text} … (step {step[0] + 1} of {step[1]})"), *skip)
                 views = done
         except USER_ERRORS as exc:
             yield (status(str(exc), error=True), *skip)
             return
-        if cancelled.is_set():
+        if cancelled():
+            yield stopped
             return
         assert views is not None
         json_path, html_path = _downloads(views)
@@ -288,6 +300,9 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
             gr.update(value=str(json_path), interactive=True),
             gr.update(value=str(html_path), interactive=True),
         )
+
+    # Gradio finds the request argument by its annotation too.
+    on_run.__annotations__["request"] = gr.Request
 
     def attribute(
         prompt: str,
@@ -408,19 +423,36 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         app.load(on_prompt, prompt, tokenised, **private)
         tokens.select(on_click, prompt, tokenised, **private)
         scope.change(on_scope, scope, [target, foil, mode, method], **private)
-        running = run.click(
+        number = gr.State(0)
+        run.click(lambda: next(run_numbers), None, number, queue=False, **private).then(
             on_run,
-            [prompt, scope, position, target, labels, foil, mode, method, layers, attention],
+            [
+                prompt,
+                scope,
+                position,
+                target,
+                labels,
+                foil,
+                mode,
+                method,
+                layers,
+                attention,
+                number,
+            ],
             [note, tok_view, map_view, att_view, dl_json, dl_html],
             concurrency_limit=1,
+            # The status line counts the steps; Gradio's tracker would stay on the views
+            # after a Cancel, until the step under way ends.
+            show_progress="hidden",
             **private,
         )
 
-        def on_cancel() -> Any:
-            cancelled.set()
+        def on_cancel(latest: int, request: Any) -> Any:
+            cancelled_through[request.session_hash] = latest
             return status("cancelled")
 
-        stop.click(on_cancel, None, note, cancels=[running], **private)
+        on_cancel.__annotations__["request"] = gr.Request
+        stop.click(on_cancel, number, note, queue=False, **private)
         gr.api(attribute, api_name="attribute")
     app.explorer = ex  # for tests and notebooks: the same lock and caps
     return app
