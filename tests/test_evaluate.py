@@ -231,6 +231,13 @@ def test_read_results_gives_the_finished_passages_of_a_stopped_run_without_a_mod
         part.write_text(config + "".join(line for k in share for line in by_passage[k]))
     merged = evaluate.read_results(parts, prompts)
     assert merged.records[cols].equals(ev.records[cols])
+    # A file older than protocols (its config does not name one) was written under the
+    # default protocol: it reads, and merges with a newer file.
+    older = json.loads(config)
+    del older["protocol"]
+    parts[0].write_text(json.dumps(older) + "\n" + parts[0].read_text().split("\n", 1)[1])
+    merged = evaluate.read_results(parts, prompts)
+    assert merged.records[cols].equals(ev.records[cols]) and merged.settings == ev.settings
     other = tmp_path / "other.jsonl"
     other.write_text(config.replace('"seed": 0', '"seed": 1'))
     with pytest.raises(js.errors.ScopeInputError, match="other settings"):

@@ -127,6 +127,34 @@ class Settings:
         if self.explain not in ("top1", "reference"):
             raise ScopeInputError(f"explain must be 'top1' or 'reference', got {self.explain!r}")
 
+    def config(self) -> dict[str, Any]:
+        """These settings as a results file's config record holds them."""
+        return {
+            "protocol": self.protocol,
+            "fractions": list(self.fractions),
+            "eraser_bins": list(self.eraser_bins),
+            "include_bos": self.include_bos,
+            "explain": self.explain,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Settings:
+        """The settings a results file's config record holds (:meth:`config`'s inverse)."""
+        return cls(
+            tuple(config["fractions"]),
+            tuple(config["eraser_bins"]),
+            bool(config["include_bos"]),
+            config["explain"],
+            int(config["seed"]),
+            config["protocol"],
+        )
+
+
+# The values of settings that files written before those settings existed were written
+# under.
+ASSUMED: dict[str, Any] = {"protocol": "default"}
+
 
 def n_deleted(fraction: float, n: int) -> int:
     """How many of ``n`` ranked tokens a fraction deletes: ``floor(f·n)``, at least one.
@@ -648,17 +676,7 @@ def evaluate(
         raise ScopeInputError(f"method names must be distinct and non-empty, got {names}")
     passages = as_passages(prompts)
     adapter = ModelAdapter(model)
-    config = {
-        "version": 1,
-        "protocol": protocol,
-        "model": adapter.name,
-        "d_vocab": adapter.d_vocab,
-        "fractions": list(settings.fractions),
-        "eraser_bins": list(settings.eraser_bins),
-        "include_bos": include_bos,
-        "explain": explain,
-        "seed": seed,
-    }
+    config = {"version": 1, "model": adapter.name, "d_vocab": adapter.d_vocab, **settings.config()}
 
     def run(store: ResultsStore, share: list[Passage]) -> None:
         runner = _Runner(model, method_list, metrics, settings, store, internal_batch_size)
@@ -667,22 +685,20 @@ def evaluate(
             runner.run(passage, bar)
         bar.close()
 
-    # Files written before protocols existed were written under the default one.
-    assumed = {"protocol": "default"}
     ranks = torchrun_ranks()
     if ranks is None:
-        store = ResultsStore(results, config, assumed=assumed)
+        store = ResultsStore(results, config, assumed=ASSUMED)
         run(store, passages)
         return _evaluation(store.records, passages, groups, settings, loo_is_a_method)
     with process_group():
         mine = ResultsStore(
-            None if results is None else ranks.rank_file(results), config, assumed=assumed
+            None if results is None else ranks.rank_file(results), config, assumed=ASSUMED
         )
         run(mine, ranks.shard(passages))
         store = ResultsStore(None, config)
         store.records = exchange(mine.records, ranks)
         if ranks.rank == 0 and results is not None:
-            merged = ResultsStore(results, config, assumed=assumed)
+            merged = ResultsStore(results, config, assumed=ASSUMED)
             for key, record in store.records.items():
                 if merged.get(*key) != record:
                     merged.put(record)
@@ -715,16 +731,8 @@ def read_results(
         semantic  2 -0.13
     """
     paths = [results] if isinstance(results, (str, Path)) else list(results)
-    records = read_records(paths)
-    config = {"protocol": "default", **records[("config", "", "")]}
-    settings = Settings(
-        tuple(config["fractions"]),
-        tuple(config["eraser_bins"]),
-        bool(config["include_bos"]),
-        config["explain"],
-        int(config["seed"]),
-        config["protocol"],
-    )
+    records = read_records(paths, assumed=ASSUMED)
+    settings = Settings.from_config(records[("config", "", "")])
     passages = [p for p in as_passages(prompts) if ("passage", str(p.key), "") in records]
     done = {str(p.key) for p in passages}
     groups = {

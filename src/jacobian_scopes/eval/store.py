@@ -125,10 +125,13 @@ class ResultsStore:
             os.fsync(f.fileno())
 
 
-def read_records(paths: Sequence[str | Path]) -> dict[Key, dict[str, Any]]:
+def read_records(
+    paths: Sequence[str | Path], assumed: dict[str, Any] | None = None
+) -> dict[Key, dict[str, Any]]:
     """Every record of one or more results files, later files and lines replacing earlier
     ones (so the rank files of a stopped ``torchrun`` read as their merge), after checking
-    that all were written with the same settings.
+    that all were written with the same settings. ``assumed``, as in
+    :class:`ResultsStore`, completes the config of files older than some setting.
 
     Example:
         >>> import json, tempfile
@@ -147,6 +150,7 @@ def read_records(paths: Sequence[str | Path]) -> dict[Key, dict[str, Any]]:
         own = records.get(("config", "", ""))
         if own is None:
             raise ScopeInputError(f"{path} has no config record; is it a results file?")
+        own = records[("config", "", "")] = {**(assumed or {}), **own}
         if config is not None and own != config:
             raise ScopeInputError(f"{path} was written with other settings than {paths[0]}")
         config = own
