@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import html
 import ipaddress
-import itertools
 import os
 import socket
 import tempfile
@@ -158,10 +157,9 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
 
     # Cancel is the app's own, not Gradio's `cancels=`: Gradio 6 marks the outputs of a run
     # it cancels mid-step "Error" when the step ends late (its front end races the /cancel
-    # reply against the stream's close). Each Run click takes a number before it queues;
-    # Cancel stops every run of its session up to the latest number, running or queued,
-    # and no other session's.
-    run_numbers = itertools.count(1)
+    # reply against the stream's close). Each Run click takes the session's next number
+    # before it queues; Cancel stops every run of its session up to the latest number,
+    # running or queued, and no other session's.
     cancelled_through: dict[str, int] = {}
 
     def on_prompt(prompt: str) -> tuple[Any, ...]:
@@ -424,7 +422,7 @@ def build_app(model: Any, *, max_tokens: int | None = None, n_heads_shown: int =
         tokens.select(on_click, prompt, tokenised, **private)
         scope.change(on_scope, scope, [target, foil, mode, method], **private)
         number = gr.State(0)
-        run.click(lambda: next(run_numbers), None, number, queue=False, **private).then(
+        run.click(lambda n: n + 1, number, number, queue=False, **private).then(
             on_run,
             [
                 prompt,
