@@ -79,6 +79,18 @@ def random_signs(shape: tuple[int, ...], generator: torch.Generator | None) -> T
     return torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1)
 
 
+def token_signs(
+    n_probes: int, ids: Int[Tensor, " S"], vocab: int, generator: torch.Generator | None
+) -> Tensor:
+    """Random signs of the support's tokens, (n_probes, S): each token's sign is drawn by its
+    id, not by its rank in the support. A probability that moves by a rounding error (the
+    same logits computed by another kernel, on another device or thread count) can add a
+    token at the support's edge or swap two neighbours in its order; drawn by rank, that
+    reshuffled every sign after it and moved the estimate by up to its standard error, drawn
+    by id it moves the estimate by that one token's tiny share."""
+    return random_signs((n_probes, vocab), generator)[:, ids.cpu()]
+
+
 _GRAM_CHUNK = 8192
 # Above this many entries the support's rows are not formed (see _Support).
 _ROWS_LIMIT = 1 << 24
@@ -327,7 +339,7 @@ def _iterative_rows(
         return rows, k, lam, residual
     # r = (I − UUᵀ) A_Sᵀ s with random signs s: E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
     # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
-    g = random_signs((n_probes, ids.numel()), generator)
+    g = token_signs(n_probes, ids, W.shape[1], generator)
     probes = op.rows_times(g.to(W.device))
     probes = probes - (probes @ U) @ U.T
     return torch.cat([rows, probes]), k, lam, residual
@@ -434,7 +446,7 @@ def plan(
         # Probes of the whole of F_S need no eigen-direction, so no solver: r = A_Sᵀ s.
         if trace_support <= 0:
             return make("sketch", W.new_zeros((0, d)), 0, False, None)
-        signs = random_signs((n_probes, ids.numel()), generator).to(W.device)
+        signs = token_signs(n_probes, ids, W.shape[1], generator).to(W.device)
         return make("sketch", _support_times(W, p, wbar, ids, signs), 0, False, None)
 
     if method != "exact" and solver == "iterative":
