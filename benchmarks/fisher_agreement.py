@@ -68,8 +68,7 @@ def dump(out: Path, n_lambada: int) -> None:
             eye = torch.eye(adapter.d_model)[:, None, :]
             pb = tr.pullback([tokens.shape[1] - 1], eye, keep_vectors=True, batch_size=64)
             J = pb.vectors["hook_embed"][:, 0]  # (d_out, pos, d_in)
-            assert tr.logits is not None
-            p = torch.softmax(tr.logits[0, -1].float(), -1).detach()
+            p = torch.softmax(tr.logits_at(0, [-1])[0].float(), -1)
         torch.save({"prompt": prompt, "tokens": tokens, "J": J, "p": p}, out / f"{i:02d}.pt")
         print(i, tokens.shape[1], f"{time.perf_counter() - start:.0f} s", flush=True)
 

@@ -143,3 +143,17 @@ def test_gemma_is_left_exactly_as_it_was(gemma):
             m.training = mode
         for p, flag in zip(gemma.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+def test_gemmas_default_scopes_run_on_the_unwrapped_model_with_the_bridges_scores(gemma):
+    # The twin (jacobian_scopes.direct) must scale the embeddings inside the embedding layer
+    # and build the sliding-window masks as the Bridge's forward does.
+    prompt = "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a"
+    with Trace(ModelAdapter(gemma), gemma.to_tokens(prompt), sources=["hook_embed"]) as tr:
+        assert tr.direct
+    through_bridge = [("blocks.0.hook_resid_pre", lambda x, hook: x)]
+    for scope in (
+        lambda **o: js.semantic_scope(gemma, prompt, " liberal", **o),
+        lambda **o: js.temperature_scope(gemma, prompt, **o),
+    ):
+        torch.testing.assert_close(scope().scores, scope(fwd_hooks=through_bridge).scores)

@@ -57,6 +57,10 @@ def test_beside_attention_picks_heads_like_the_scope_by_default(tiny):
 def test_beside_attention_leaves_the_model_as_it_was(tiny):
     model, _, _ = tiny
     r = js.semantic_scope(model, helpers.tokens(7), 5)
+    # The Bridge wires torch hooks of its own at its first forward pass (the scope above may
+    # not have run one: see jacobian_scopes.direct): run one, as users' models have.
+    with torch.no_grad():
+        model(helpers.tokens(3)[None])
     seen = []
     model.blocks[0].hook_resid_pre.add_hook(lambda x, hook: seen.append(1))  # the user's own
     model.train()

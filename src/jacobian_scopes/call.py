@@ -168,7 +168,9 @@ def _row_view(pb: Pullback, b: int, n_tokens: int, k: int) -> Pullback:
     )
 
 
-Build = Callable[[Trace, Tensor, int, Call], Row]
+# build(trace, b, call): the row of batch entry b; finish(row, its pullback, the logits at its
+# explained position).
+Build = Callable[[Trace, int, Call], Row]
 Finish = Callable[[Row, Pullback, Tensor], ScopeResult]
 
 
@@ -199,9 +201,8 @@ def _run(
             group = [calls[i] for i in order[start:stop]]
             tokens, lengths = pad_batch([c.tokens for c in group], pad)
             with _trace(first, tokens, at) as tr:
-                assert tr.logits is not None
-                logits = tr.logits.detach()
-                rows = [build(tr, logits, b, c) for b, c in enumerate(group)]
+                rows = [build(tr, b, c) for b, c in enumerate(group)]
+                explained = [tr.logits_at(b, r.positions[:1])[0] for b, r in enumerate(rows)]
                 positions, stacked = stack_directions(
                     [r.positions for r in rows], [r.directions for r in rows]
                 )
@@ -218,7 +219,7 @@ def _run(
             for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
                 k = 1 if summed else row.directions.shape[0]
                 view = _row_view(pb, b, n, k)
-                results[order[start + b]] = finish(row, view, logits[b : b + 1, :n])
+                results[order[start + b]] = finish(row, view, explained[b])
             bar.update(len(group))
     return [r for r in results if r is not None]
 
@@ -263,8 +264,8 @@ def build_result(
     params: dict[str, Any],
     **extra: Any,
 ) -> ScopeResult:
-    """The :class:`ScopeResult` of one prompt: ``scores`` per source label, the logits of
-    the call (read at the explained position only), the scope's own ``params`` and fields."""
+    """The :class:`ScopeResult` of one prompt: ``scores`` per source label, ``logits`` at the
+    first explained position (d_vocab,), the scope's own ``params`` and fields."""
     arranged, axes, labels = arrange(call.spec, {k: v.detach().cpu() for k, v in scores.items()})
     adapter = call.adapter
     tokens = call.tokens
@@ -283,7 +284,7 @@ def build_result(
         byte_pieces=adapter.byte_pieces(tokens[0].cpu()),
         position=positions[0],
         positions=positions,
-        top_predictions=_predictions(adapter, logits[0, positions[0]].detach()),
+        top_predictions=_predictions(adapter, logits.detach()),
         params={**base_params, **params},
         processing=adapter.processing_state(),
         model_name=adapter.name,
@@ -360,17 +361,18 @@ def semantic(
         positions.append(pos)
     index = {id(c): i for i, c in enumerate(calls)}
 
-    def build(tr: Trace, logits: Tensor, b: int, call: Call) -> Row:
+    def build(tr: Trace, b: int, call: Call) -> Row:
         i = index[id(call)]
         target = checked[i]
         pos = positions[i]
+        logits = tr.logits_at(b, pos)
         if target is None:
-            predicted = int(logits[b, pos[0]].argmax())
+            predicted = int(logits[0].argmax())
             target = dirs.semantic_target(adapter, predicted, mode=mode, foil=foils[i])
         return Row(
             call,
             pos,
-            dirs.semantic_directions(adapter, target, logits[b, pos])[None],
+            dirs.semantic_directions(adapter, target, logits)[None],
             target=target,
         )
 
@@ -400,7 +402,7 @@ def temperature(
     calls = prepare(model, prompts, options)
     dirs.check_temperature(calls[0].adapter)
 
-    def build(tr: Trace, logits: Tensor, b: int, call: Call) -> Row:
+    def build(tr: Trace, b: int, call: Call) -> Row:
         y = tr.explanandum[b, : call.tokens.shape[1]]
         v = dirs.temperature_direction(y, call.position)
         norm = float(y[call.position].detach().float().norm())
@@ -447,8 +449,8 @@ def fisher(
     calls = prepare(model, prompts, options)
     adapter = calls[0].adapter
 
-    def build(tr: Trace, logits: Tensor, b: int, call: Call) -> Row:
-        probs = torch.softmax(logits[b, call.position].float(), dim=-1)
+    def build(tr: Trace, b: int, call: Call) -> Row:
+        probs = torch.softmax(tr.logits_at(b, [call.position])[0].float(), dim=-1)
         plan = fisher_options.plan(adapter, probs)
         return Row(call, [call.position], plan.rows[:, None, :], plan=plan, extra={"p": probs})
 
@@ -493,7 +495,7 @@ def direction(
     adapter = calls[0].adapter
     index = {id(c): i for i, c in enumerate(calls)}
 
-    def build(tr: Trace, logits: Tensor, b: int, call: Call) -> Row:
+    def build(tr: Trace, b: int, call: Call) -> Row:
         v = checked[index[id(call)]].to(device=adapter.device, dtype=tr.explanandum.dtype)
         return Row(call, [call.position], v[None, None])
 

@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from jacobian_scopes import direct
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
@@ -190,7 +191,10 @@ class Trace:
     attention (no pattern is then kept: memory linear in the prompt length), and eager
     attention otherwise; ``"eager"`` always keeps eager attention; ``"sdpa"`` raises
     :class:`~jacobian_scopes.errors.ScopeInputError` where it cannot be used. The path
-    taken is :attr:`attention`.
+    taken is :attr:`attention`. A trace from ``hook_embed`` to the final state with no other
+    hook runs the Hugging Face model under a Bridge without the Bridge's wrappers
+    (:mod:`jacobian_scopes.direct`); :attr:`direct` says whether it did, and
+    :meth:`direct_blocker` why not.
 
     Example:
         >>> import jacobian_scopes as js
@@ -230,11 +234,15 @@ class Trace:
         else:
             self.capture = Capture(at)
             self._capture_hook, self._capture_module = at, None
+        self._at = at
         self.user_hooks = list(fwd_hooks)
         self.freeze = list(freeze)
         self._stack: Contexts | None = None
         self.gate = ThreadGate()
-        self.logits: Tensor | None = None
+        self._logits: Tensor | None = None
+        self._twin: Any = None  # the Hugging Face twin (jacobian_scopes.direct), or None
+        self._logits_at: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+        self.direct = False
         self.attention = attention_path(adapter, self._hook_list(), attention)
         if checkpoint is None:
             checkpoint = wants_checkpoint(adapter, tokens.shape, self.attention)
@@ -277,6 +285,21 @@ class Trace:
             stack.enter(frozen(self.adapter.model))
             stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
             torch.set_grad_enabled(True)
+            # Decided under the lock: another thread's trace attaches hooks for its forward.
+            self._twin = direct.twin_for(
+                self.adapter,
+                list(self.taps),
+                self._at,
+                caller_hooks=bool(self.user_hooks or self.freeze),
+                attention=self.attention,
+                checkpoint=self.checkpoint,
+            )
+            self.direct = self._twin is not None
+            if self._twin is not None:
+                (tap,) = self.taps.values()
+                self.capture.value = direct.forward(self._twin, self.tokens, tap)
+                self._check_forward()
+                return self
             if self.attention == "sdpa":
                 # For the whole trace: checkpointing runs the blocks again in the backward.
                 stack.enter(sdpa_attention(self.adapter.model, self.gate))
@@ -299,12 +322,24 @@ class Trace:
                 logits = self.adapter.model(self.tokens, **kwargs)
             finally:
                 forward.close()
-            self.logits = logits
+            self._logits = logits
             self._check_forward()
         except BaseException:
             finish(stack.close)
             raise
         return self
+
+    def direct_blocker(self) -> str | None:
+        """Why this trace runs through the TransformerLens model rather than the Hugging
+        Face model it wraps (see :mod:`jacobian_scopes.direct`), or None."""
+        return direct.blocker(
+            self.adapter,
+            list(self.taps),
+            self._at,
+            caller_hooks=bool(self.user_hooks or self.freeze),
+            attention=self.attention,
+            checkpoint=self.checkpoint,
+        )
 
     def __exit__(
         self,
@@ -326,13 +361,34 @@ class Trace:
                 )
         if self.capture.value is None:
             raise ScopeInputError(f"explanandum hook {self.capture.name!r} never fired")
-        assert self.logits is not None
-        if not _all_finite(self.capture.value) or not _all_finite(self.logits):
-            raise NonFiniteError(
-                "the forward pass produced NaN or inf (in the explained activation or the "
-                "logits); in half precision this is usually overflow: run the model in "
-                "float32 or bfloat16."
-            )
+        # The direct path computes logits only where they are read (logits_at checks those).
+        _check_finite(self.capture.value, self._logits)
+
+    @property
+    def logits(self) -> Tensor | None:
+        """The logits of the forward pass, (batch, pos, d_vocab). The direct path computes
+        them on first use; the scopes read only :meth:`logits_at`."""
+        if self._logits is None and self._twin is not None and self.capture.value is not None:
+            self._logits = self._twin.get_output_embeddings()(self.capture.value)
+        return self._logits
+
+    def logits_at(self, b: int, positions: Sequence[int]) -> Tensor:
+        """The detached logits of batch row ``b`` at ``positions``, (len(positions), d_vocab):
+        on the direct path, the unembedding of just those positions."""
+        key = (b, tuple(positions))
+        if key not in self._logits_at:
+            if self._logits is not None or self._twin is None:
+                assert self.logits is not None
+                logits = self.logits[b, list(positions)].detach()
+            else:
+                # One read of the unembedding (113 MB on SmolLM2): the scopes ask twice.
+                assert self.capture.value is not None
+                y = self.capture.value[b, list(positions)].detach()
+                with torch.no_grad():
+                    logits = self._twin.get_output_embeddings()(y)
+                _check_finite(logits)
+            self._logits_at[key] = logits
+        return self._logits_at[key]
 
     @property
     def explanandum(self) -> Tensor:
@@ -593,6 +649,15 @@ def _put_back_forwards(saved: list[tuple[torch.nn.Module, Any]]) -> None:
             block.__dict__.pop("forward", None)
         else:
             object.__setattr__(block, "forward", own)
+
+
+def _check_finite(*tensors: Tensor | None) -> None:
+    if not all(_all_finite(t) for t in tensors if t is not None):
+        raise NonFiniteError(
+            "the forward pass produced NaN or inf (in the explained activation or the "
+            "logits); in half precision this is usually overflow: run the model in "
+            "float32 or bfloat16."
+        )
 
 
 def _all_finite(t: Tensor) -> bool:

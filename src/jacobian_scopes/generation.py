@@ -175,20 +175,19 @@ def generate_scope(
     spec = resolve_sources(adapter, None)
 
     with Trace(adapter, context, sources=spec.taps, checkpoint=checkpoint) as tr:
-        assert tr.logits is not None
-        logits = tr.logits.detach()[0]
+        logits = tr.logits_at(0, positions)  # (N, d_vocab)
         plans = None
         probs = None
         if scope == "semantic":
             target = SemanticTarget(generated, mode or "logit")
-            rows = semantic_directions(adapter, target, logits[positions])  # (N, d)
+            rows = semantic_directions(adapter, target, logits)  # (N, d)
             sizes = [1] * n_gen
         elif scope == "temperature":
             y = tr.explanandum[0]
             rows = torch.stack([temperature_direction(y, p) for p in positions])
             sizes = [1] * n_gen
         else:
-            probs = torch.softmax(logits[positions].float(), dim=-1)
+            probs = torch.softmax(logits.float(), dim=-1)
             plans = [options.plan(adapter, probs[i]) for i in range(n_gen)]
             rows = torch.cat([plan.rows for plan in plans])
             sizes = [int(plan.rows.shape[0]) for plan in plans]
@@ -222,7 +221,7 @@ def generate_scope(
         if first_order is not None:
             first_order[i, p + 1 :] = float("nan")
 
-    probs_all = torch.softmax(logits[positions].float(), dim=-1)
+    probs_all = torch.softmax(logits.float(), dim=-1)
     token_probs = [float(probs_all[i, g]) for i, g in enumerate(generated)]
     bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     params: dict[str, Any] = {

@@ -21,7 +21,16 @@ from jacobian_scopes.interrupts import finish
 from jacobian_scopes.threads import model_lock
 
 
-def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+def all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every module of ``model`` once, the Bridge's wrapped Hugging Face model included.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.guard import all_modules
+        >>> model = js.load_default_model()
+        >>> model.original_model.model.norm in all_modules(model)
+        True
+    """
     # nn.Module's own registry, and through the Bridge's ``original_model`` (kept outside
     # the registered tree, so neither model.modules() nor Module.modules reaches it): the
     # wrapped Hugging Face model has modules no Bridge component wraps, such as GPT-2's
@@ -49,7 +58,7 @@ def _all_parameters(
     # nn.Module's own registry, not model.parameters(): TransformerBridge overrides the
     # latter. Every module's own parameters, once each.
     seen: dict[int, torch.nn.Parameter] = {}
-    for module in _all_modules(model) if modules is None else modules:
+    for module in all_modules(model) if modules is None else modules:
         for p in module._parameters.values():
             if p is not None and id(p) not in seen:
                 seen[id(p)] = p
@@ -77,7 +86,7 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     return {
         "requires_grad": [p.requires_grad for p in params],
         "grads": [None if p.grad is None else p.grad.clone() for p in params],
-        "training": [m.training for m in _all_modules(model)],
+        "training": [m.training for m in all_modules(model)],
         "hooks": hook_counts(model),
         "torch_hooks": [
             (
@@ -86,7 +95,7 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
                 len(m._backward_hooks),
                 len(m._backward_pre_hooks),
             )
-            for m in _all_modules(model)
+            for m in all_modules(model)
         ],
     }
 
@@ -109,7 +118,7 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
     with model_lock(model):
         # Touch only what changes: setting thousands of flags through nn.Module.__setattr__
         # would cost tens of milliseconds per call.
-        modules = _all_modules(model)
+        modules = all_modules(model)
         trainable = [p for p in _all_parameters(model, modules) if p.requires_grad]
         training = [m for m in modules if m.training]
         # Built before anything changes, so that the restore is one call of C code (see

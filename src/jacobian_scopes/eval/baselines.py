@@ -103,15 +103,12 @@ def _finish(
     target: Target | None = None,
     vectors: Tensor | None = None,
 ) -> ScopeResult:
-    # build_result reads the logits only at the explained position (for top_predictions); the
-    # perturbation passes compute just that row, so it is broadcast to the expected shape.
-    logits = logits_row.reshape(1, 1, -1).expand(1, call.position + 1, -1)
     label = call.spec.labels[0]
     return build_result(
         call,
         scope,
         {label: scores.float()},
-        logits,
+        logits_row,
         [call.position],
         params,
         target=target,
@@ -153,8 +150,7 @@ def _gradients(
     explained position and the target id, from one forward and one backward pass."""
     adapter, pos = call.adapter, call.position
     with Trace(adapter, rows, [EMBED_HOOK], fwd_hooks=[*call.fwd_hooks, *hooks]) as tr:
-        assert tr.logits is not None
-        logits = tr.logits[:, pos].detach().float()
+        logits = torch.stack([tr.logits_at(b, [pos])[0] for b in range(rows.shape[0])]).float()
         target_id = _target(adapter, target, logits[-1])
         W_U = adapter.W_U.float()
         v = W_U[:, target_id].expand(rows.shape[0], -1)  # ∂ logit/∂y
