@@ -10,11 +10,14 @@
 # idle between its kernels). With DEADLINE_S, runs still going after that many seconds are
 # stopped; everything they finished is kept, and the tables are made from the passages they
 # finished (--report-only). Rerunning the same command resumes. Results:
-# OUT/<model>-<protocol>/ (default OUT: reports/study), as bench_faithfulness.py writes them,
-# and OUT/study.md, the four runs side by side (benchmarks/study_tables.py).
+# OUT/<model>-<protocol>/ (default OUT: benchmarks/study), as bench_faithfulness.py writes them,
+# and OUT/study.md, the four runs side by side (benchmarks/study_tables.py). The results files
+# are kept gzipped beside them (results*.jsonl.gz, about 12 kB a passage, a quarter of the
+# text); under benchmarks/study those are committed, so that a study of many hours resumes
+# from a clone on any machine, not only on the one it started on.
 set -u
 cd "$(dirname "$0")/.."
-out=${1:-reports/study}
+out=${1:-benchmarks/study}
 procs=${2:-2}
 deadline=${3:-0}
 python=${PYTHON:-python}
@@ -25,6 +28,11 @@ mkdir -p "$out"
 "$python" -c "from jacobian_scopes.default_model import default_checkpoint as d; d('smollm2-135m-instruct')" &
 "$python" -c "from jacobian_scopes.default_model import default_checkpoint as d; d('gemma-3-270m')" &
 wait
+
+# Resume from the packed results where the unpacked ones are missing (a fresh clone).
+for packed in "$out"/*/results*.jsonl.gz; do
+    [ -f "$packed" ] && [ ! -f "${packed%.gz}" ] && gunzip -k "$packed"
+done
 
 pids=()
 for model in smollm2-135m-instruct gemma-3-270m; do
@@ -42,6 +50,9 @@ for model in smollm2-135m-instruct gemma-3-270m; do
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for results in "$out"/*/results*.jsonl; do
+    [ -f "$results" ] && gzip -k -f "$results"
+done
 
 # A run stopped by the deadline wrote no tables: make them from what it finished.
 for dir in "$out"/*-default "$out"/*-paper; do

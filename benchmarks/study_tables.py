@@ -1,6 +1,6 @@
 """The faithfulness study's tables: both models and both protocols side by side.
 
-    python benchmarks/study_tables.py reports/study      # after benchmarks/faithfulness_study.sh
+    python benchmarks/study_tables.py benchmarks/study   # after benchmarks/faithfulness_study.sh
 
 Reads ``<OUT>/<model>-<protocol>/summary.csv`` and ``comparisons.csv`` (as
 bench_faithfulness.py writes them) and writes ``<OUT>/study.md``: AOPC and leave-one-out ρ of
@@ -82,7 +82,7 @@ def pair_table(comparisons: dict[str, pd.DataFrame]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("out", type=Path, nargs="?", default=Path("reports/study"))
+    ap.add_argument("out", type=Path, nargs="?", default=Path("benchmarks/study"))
     args = ap.parse_args()
     summaries, comparisons = {}, {}
     for label, name in RUNS.items():
