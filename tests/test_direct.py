@@ -255,3 +255,15 @@ def test_the_real_models_default_scope_runs_direct_and_matches_the_bridge(smollm
         CALLS["fisher"](smollm, prompt, fwd_hooks=THROUGH_BRIDGE),
         rtol=1e-3,
     )
+
+
+def test_a_model_the_user_drops_is_freed_with_its_twin():
+    import gc
+    import weakref
+
+    model = llama_bridge()
+    js.semantic_scope(model, helpers.tokens(6), 11)
+    dropped = weakref.ref(model)
+    del model
+    gc.collect()
+    assert dropped() is None

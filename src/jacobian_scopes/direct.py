@@ -1,14 +1,14 @@
 """The wrapped Hugging Face model, run on its own when a trace needs nothing of TransformerLens.
 
-The Bridge runs the Hugging Face model through its own components, a Python wrapper and
-hook points around every module. On a 20-token prompt that costs 1.2-1.3x the Hugging Face
-model itself (``benchmarks/bench_bars.py``, the row "TransformerLens model alone"), more
+The Bridge runs the Hugging Face model through its own components, a Python wrapper and hook
+points around every module: 1.2-1.4x the time of the Hugging Face model itself on SmolLM2
+from 20 to 1,024 tokens (``benchmarks/bench_bars.py``, "TransformerLens model alone"), more
 than a scope adds. The default scope (from the input embeddings to the unembedding's input)
 needs only those two activations. When nothing else listens, a trace therefore runs an
 unwrapped twin of the Hugging Face model: the same modules' code and the same parameter and
-buffer objects (shared, not copied), without the Bridge's wrappers, with SDPA attention.
-Its numbers are the Bridge's SDPA path's to float tolerance (tested on both real models
-and on random ones).
+buffer objects (shared, not copied), without the Bridge's wrappers, with SDPA attention. Its
+numbers are the Bridge's SDPA path's to float tolerance (tested on both real models and on
+random ones).
 
 "Nothing else listens" means all of (:func:`blocker` says which one failed):
 
