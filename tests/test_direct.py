@@ -113,6 +113,7 @@ def test_logits_read_on_the_direct_path_are_the_bridges(llama):
     with trace_of(llama) as tr:
         assert tr.direct
         torch.testing.assert_close(tr.logits_at(0, [2, 5]), expected[0, [2, 5]])
+        torch.testing.assert_close(tr.logits_at(slice(None), [5]), expected[:, [5]])
         torch.testing.assert_close(tr.logits, expected)
 
 

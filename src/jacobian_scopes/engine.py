@@ -241,7 +241,7 @@ class Trace:
         self.gate = ThreadGate()
         self._logits: Tensor | None = None
         self._twin: Any = None  # the Hugging Face twin (jacobian_scopes.direct), or None
-        self._logits_at: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+        self._logits_at: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
         self.direct = False
         self.attention = attention_path(adapter, self._hook_list(), attention)
         if checkpoint is None:
@@ -286,14 +286,7 @@ class Trace:
             stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
             torch.set_grad_enabled(True)
             # Decided under the lock: another thread's trace attaches hooks for its forward.
-            self._twin = direct.twin_for(
-                self.adapter,
-                list(self.taps),
-                self._at,
-                caller_hooks=bool(self.user_hooks or self.freeze),
-                attention=self.attention,
-                checkpoint=self.checkpoint,
-            )
+            self._twin = direct.twin_for(self.adapter, **self._direct_facts())
             self.direct = self._twin is not None
             if self._twin is not None:
                 (tap,) = self.taps.values()
@@ -332,14 +325,16 @@ class Trace:
     def direct_blocker(self) -> str | None:
         """Why this trace runs through the TransformerLens model rather than the Hugging
         Face model it wraps (see :mod:`jacobian_scopes.direct`), or None."""
-        return direct.blocker(
-            self.adapter,
-            list(self.taps),
-            self._at,
-            caller_hooks=bool(self.user_hooks or self.freeze),
-            attention=self.attention,
-            checkpoint=self.checkpoint,
-        )
+        return direct.blocker(self.adapter, **self._direct_facts())
+
+    def _direct_facts(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.taps),
+            "at": self._at,
+            "caller_hooks": bool(self.user_hooks or self.freeze),
+            "attention": self.attention,
+            "checkpoint": self.checkpoint,
+        }
 
     def __exit__(
         self,
@@ -372,18 +367,33 @@ class Trace:
             self._logits = self._twin.get_output_embeddings()(self.capture.value)
         return self._logits
 
-    def logits_at(self, b: int, positions: Sequence[int]) -> Tensor:
-        """The detached logits of batch row ``b`` at ``positions``, (len(positions), d_vocab):
-        on the direct path, the unembedding of just those positions."""
-        key = (b, tuple(positions))
+    def logits_at(self, b: int | slice, positions: Sequence[int]) -> Tensor:
+        """The detached logits of batch row ``b`` at ``positions``, (len(positions), d_vocab),
+        or of the rows ``b`` selects (a slice), (rows, len(positions), d_vocab): on the
+        direct path, the unembedding of just those positions, in one product.
+
+        Example:
+            >>> import jacobian_scopes as js
+            >>> from jacobian_scopes.adapter import ModelAdapter
+            >>> from jacobian_scopes.engine import Trace
+            >>> model = js.load_default_model()
+            >>> tokens = model.to_tokens(["The capital of France is", "Paris is in"])
+            >>> with Trace(ModelAdapter(model), tokens, sources=["hook_embed"]) as tr:
+            ...     one, every = tr.logits_at(0, [3, 4]), tr.logits_at(slice(None), [4])
+            >>> one.shape, every.shape
+            (torch.Size([2, 49152]), torch.Size([2, 1, 49152]))
+        """
+        rows = b if isinstance(b, int) else (b.start, b.stop, b.step)
+        key = (rows, tuple(positions))
         if key not in self._logits_at:
             if self._logits is not None or self._twin is None:
                 assert self.logits is not None
-                logits = self.logits[b, list(positions)].detach()
+                logits = self.logits[b][..., list(positions), :].detach()
             else:
-                # One read of the unembedding (113 MB on SmolLM2): the scopes ask twice.
+                # One read of the unembedding (113 MB on SmolLM2) for all the rows asked for,
+                # once: the scopes ask twice for the explained position.
                 assert self.capture.value is not None
-                y = self.capture.value[b, list(positions)].detach()
+                y = self.capture.value[b][..., list(positions), :].detach()
                 with torch.no_grad():
                     logits = self._twin.get_output_embeddings()(y)
                 _check_finite(logits)

@@ -150,7 +150,7 @@ def _gradients(
     explained position and the target id, from one forward and one backward pass."""
     adapter, pos = call.adapter, call.position
     with Trace(adapter, rows, [EMBED_HOOK], fwd_hooks=[*call.fwd_hooks, *hooks]) as tr:
-        logits = torch.stack([tr.logits_at(b, [pos])[0] for b in range(rows.shape[0])]).float()
+        logits = tr.logits_at(slice(None), [pos])[:, 0].float()
         target_id = _target(adapter, target, logits[-1])
         W_U = adapter.W_U.float()
         v = W_U[:, target_id].expand(rows.shape[0], -1)  # ∂ logit/∂y
