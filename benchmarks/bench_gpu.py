@@ -16,7 +16,9 @@ and length T (128, 1024, 4096) it times, as the median of a few repeats after a 
 * the Bridge's own floor: the same forward + input-gradient backward through the Bridge
   (eager attention), by hand;
 * Semantic, Temperature, Fisher principal, Fisher default, Semantic with all-layer sources
-  (every ``resid_pre``), and each ``--fisher method:rank:n_probes[:solver]`` variant;
+  (every ``resid_pre``), with eager attention, without checkpointing, and through the Bridge
+  (a hook that changes nothing keeps a call off the direct path, jacobian_scopes.direct),
+  and each ``--fisher method:rank:n_probes[:solver]`` variant;
 * at T = 128 only: a batch of 32 prompts (Semantic) and a 32-token generation attribution.
 
 Each row gives seconds, the ratio to both floors, and peak GPU memory above the weights
@@ -470,6 +472,11 @@ def one_length(
         ),
         "Semantic, no checkpointing": lambda: js.semantic_scope(
             bridge, tokens, target, checkpoint=False
+        ),
+        # A hook that changes nothing keeps the call on the Bridge (jacobian_scopes.direct):
+        # what the direct path saves.
+        "Semantic, through the Bridge": lambda: js.semantic_scope(
+            bridge, tokens, target, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]
         ),
     }
     for spec in variants:

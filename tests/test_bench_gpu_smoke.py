@@ -21,9 +21,10 @@ def test_bench_gpu_smoke_measures_every_row():
     text = bench.main(["--smoke", "--fisher", "sketch:1:1:iterative", "--plans"])
     scopes, plans = text.split("\n\n")
     rows = [line for line in scopes.splitlines() if line.startswith("| smoke")]
-    # two lengths × 12 rows (4 floors, 7 scope rows, the variant), plus the batch and the
+    # two lengths × 13 rows (4 floors, 8 scope rows, the variant), plus the batch and the
     # generation at the shorter one
-    assert len(rows) == 2 * 12 + 2
+    assert len(rows) == 2 * 13 + 2
+    assert sum("Semantic, through the Bridge" in r for r in rows) == 2
     assert sum("Fisher sketch:1:1:iterative" in r for r in rows) == 2
     assert sum("floor (HF SDPA, KV repeated)" in r for r in rows) == 2
     assert not any("out of memory" in r or "error" in r for r in rows)
