@@ -16,7 +16,7 @@ from jacobian_scopes import direct, sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.engine import Trace
 from jacobian_scopes.guard import model_fingerprint
-from test_attention_path import tiny_gemma3
+from test_attention_path import llama_bridge, tiny_gemma3
 from test_model_unchanged import assert_same, user_state
 
 # A hook that changes nothing but makes a call run through the Bridge (with SDPA attention,
@@ -32,12 +32,6 @@ CALLS = {
     "fisher": lambda m, p, **o: js.fisher_scope(m, p, **o),
     "fisher_exact": lambda m, p, **o: js.fisher_scope(m, p, method="exact", **o),
 }
-
-
-def llama_bridge():
-    if not helpers.has_bridge():
-        pytest.skip("the direct path is the Bridge's (TransformerLens >= 3)")
-    return helpers.make_bridge("llama")
 
 
 @pytest.fixture(scope="module")

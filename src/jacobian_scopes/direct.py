@@ -26,16 +26,19 @@ modules, parameters and buffers are the same objects; ``model.to(...)``, which r
 buffers, or a replaced module builds it again.
 
 Example:
+    A trace says which path it took, and why not the direct one:
+
     >>> import jacobian_scopes as js
     >>> from jacobian_scopes.adapter import ModelAdapter
-    >>> from jacobian_scopes.direct import blocker
-    >>> adapter = ModelAdapter(js.load_default_model())
-    >>> blocker(adapter, ["hook_embed"], at=None, caller_hooks=False, attention="sdpa",
-    ...         checkpoint=False) is None
+    >>> from jacobian_scopes.engine import Trace
+    >>> model = js.load_default_model()
+    >>> tokens = model.to_tokens("The capital of France is")
+    >>> with Trace(ModelAdapter(model), tokens, sources=["hook_embed"]) as tr:
+    ...     tr.direct
     True
-    >>> blocker(adapter, ["blocks.3.hook_resid_pre"], at=None, caller_hooks=False,
-    ...         attention="sdpa", checkpoint=False)
-    'a source other than hook_embed'
+    >>> with Trace(ModelAdapter(model), tokens, sources=["blocks.3.hook_resid_pre"]) as tr:
+    ...     tr.direct, tr.direct_blocker()
+    (False, 'a source other than hook_embed')
 """
 
 from __future__ import annotations
