@@ -193,7 +193,11 @@ def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]
             object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
         yield
     finally:
-        finish(_restore, saved_impl, saved_forward)
+        try:
+            finish(_restore, saved_impl, saved_forward)
+        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
+            finish(_restore, saved_impl, saved_forward)
+            raise
 
 
 _MISSING = object()

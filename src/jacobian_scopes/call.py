@@ -40,6 +40,7 @@ from jacobian_scopes.engine import Pullback, Trace
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.fisher import FisherPlan
 from jacobian_scopes.inputs import resolve_position, resolve_tokens, single_token
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import DEFAULTS, FisherMethodName, Prompt, SemanticMode, TargetLike
 from jacobian_scopes.progress import progress
 from jacobian_scopes.results import Prediction, ScopeResult
@@ -200,7 +201,7 @@ def _run(
         for start, stop in groups:
             group = [calls[i] for i in order[start:stop]]
             tokens, lengths = pad_batch([c.tokens for c in group], pad)
-            with _trace(first, tokens, at) as tr:
+            with backstop() as net, net(_trace(first, tokens, at)) as tr:
                 rows = [build(tr, b, c) for b, c in enumerate(group)]
                 explained = [tr.logits_at(b, r.positions[:1])[0] for b, r in enumerate(rows)]
                 positions, stacked = stack_directions(

@@ -10,7 +10,7 @@ buffer objects (shared, not copied), without the Bridge's wrappers, with SDPA at
 numbers are the Bridge's SDPA path's to float tolerance (tested on both real models and on
 random ones).
 
-"Nothing else listens" means all of (:func:`blocker` says which one failed):
+"Nothing else listens" means all of (:func:`route` says which one failed):
 
 * the trace's attention path is SDPA (:mod:`jacobian_scopes.attention`: a Llama or Gemma-3
   Bridge, no hook inside attention) and it is not checkpointed;
@@ -66,54 +66,36 @@ _TWINS: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], torch.nn.Module]] 
 _BUILDING = threading.Lock()
 
 
-def blocker(
+def route(
     adapter: ModelAdapter,
     sources: Sequence[str],
     at: str | None,
     caller_hooks: bool,
     attention: str,
     checkpoint: bool,
-) -> str | None:
-    """Why a trace must run through the Bridge, or None when the twin can serve it.
+) -> tuple[Any, str | None]:
+    """``(twin, None)`` when the twin can serve this trace, else ``(None, why not)``.
 
     Example:
         >>> import jacobian_scopes as js
         >>> from jacobian_scopes.adapter import ModelAdapter
-        >>> from jacobian_scopes.direct import blocker
+        >>> from jacobian_scopes.direct import route
         >>> adapter = ModelAdapter(js.load_default_model())
-        >>> blocker(adapter, ["hook_embed"], at=None, caller_hooks=True, attention="sdpa",
-        ...         checkpoint=False)
-        'hooks of the caller'
+        >>> twin, why = route(adapter, ["hook_embed"], None, False, "sdpa", False)
+        >>> type(twin).__name__, why
+        ('LlamaForCausalLM', None)
+        >>> route(adapter, ["hook_embed"], None, True, "sdpa", False)
+        (None, 'hooks of the caller')
     """
     reason = _call_blocker(sources, at, caller_hooks, attention, checkpoint)
-    return reason or _model_blocker(adapter.model, all_modules(adapter.model))
-
-
-def twin_for(
-    adapter: ModelAdapter,
-    sources: Sequence[str],
-    at: str | None,
-    caller_hooks: bool,
-    attention: str,
-    checkpoint: bool,
-) -> Any:
-    """The twin that serves this trace, or None where :func:`blocker` finds a reason.
-
-    Example:
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.adapter import ModelAdapter
-        >>> from jacobian_scopes.direct import twin_for
-        >>> adapter = ModelAdapter(js.load_default_model())
-        >>> type(twin_for(adapter, ["hook_embed"], None, False, "sdpa", False)).__name__
-        'LlamaForCausalLM'
-    """
-    if _call_blocker(sources, at, caller_hooks, attention, checkpoint) is not None:
-        return None
+    if reason is not None:
+        return None, reason
     # One walk over the model's modules serves both the check and the twin's key.
     modules = all_modules(adapter.model)
-    if _model_blocker(adapter.model, modules) is not None:
-        return None
-    return twin(adapter.model, modules)
+    reason = _model_blocker(adapter.model, modules)
+    if reason is not None:
+        return None, reason
+    return twin(adapter.model, modules), None
 
 
 def _call_blocker(
@@ -274,4 +256,4 @@ def _unwrapped(hf: torch.nn.Module) -> torch.nn.Module:
     return unwrap(hf)
 
 
-__all__ = ["CHECKED", "blocker", "forward", "twin", "twin_for"]
+__all__ = ["CHECKED", "forward", "route", "twin"]

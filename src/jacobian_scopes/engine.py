@@ -196,6 +196,11 @@ class Trace:
     (:mod:`jacobian_scopes.direct`); :attr:`direct` says whether it did, and
     :meth:`direct_blocker` why not.
 
+    A Ctrl-C that lands as the ``with`` block's exit begins leaves the trace open (the
+    model's lock held, its parameters frozen); the library's own calls list a
+    :class:`~jacobian_scopes.interrupts.backstop` first, which closes it then:
+    ``with backstop() as net, net(Trace(...)) as tr:``.
+
     Example:
         >>> import jacobian_scopes as js
         >>> from jacobian_scopes.adapter import ModelAdapter
@@ -241,6 +246,7 @@ class Trace:
         self.gate = ThreadGate()
         self._logits: Tensor | None = None
         self._twin: Any = None  # the Hugging Face twin (jacobian_scopes.direct), or None
+        self._route: str | None = None  # why not the twin, once entered ("" : the twin)
         self._logits_at: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
         self.direct = False
         self.attention = attention_path(adapter, self._hook_list(), attention)
@@ -286,7 +292,8 @@ class Trace:
             stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
             torch.set_grad_enabled(True)
             # Decided under the lock: another thread's trace attaches hooks for its forward.
-            self._twin = direct.twin_for(self.adapter, **self._direct_facts())
+            self._twin, why_not = direct.route(self.adapter, **self._direct_facts())
+            self._route = why_not or ""
             self.direct = self._twin is not None
             if self._twin is not None:
                 (tap,) = self.taps.values()
@@ -305,6 +312,8 @@ class Trace:
                     # A Hugging Face KV cache would grow on the recomputation.
                     kwargs["use_cache"] = False
             forward = Contexts()
+            # Also on the trace's stack: a Ctrl-C as the finally's close begins would skip it.
+            stack.callback(forward.close)
             try:
                 hooks_scope = stack if self.checkpoint else forward
                 pre_hook = self.gate.hook(self.capture.pre_hook)
@@ -324,8 +333,11 @@ class Trace:
 
     def direct_blocker(self) -> str | None:
         """Why this trace runs through the TransformerLens model rather than the Hugging
-        Face model it wraps (see :mod:`jacobian_scopes.direct`), or None."""
-        return direct.blocker(self.adapter, **self._direct_facts())
+        Face model it wraps (see :mod:`jacobian_scopes.direct`), or None: as decided when
+        the trace was entered (before that, as it would be decided now)."""
+        if self._route is None:
+            return direct.route(self.adapter, **self._direct_facts())[1]
+        return self._route or None
 
     def _direct_facts(self) -> dict[str, Any]:
         return {
@@ -342,9 +354,15 @@ class Trace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close(exc_type, exc, tb)
+
+    def close(self, *exc: Any) -> None:
+        """Leave the trace: what the end of its ``with`` block does (``exc``: the exception
+        that ended it, if any). Idempotent, so that :class:`jacobian_scopes.interrupts.backstop`
+        can call it again."""
         if self._stack is not None:
             # finish: a Ctrl-C as close starts (before its own try) must not skip it.
-            finish(self._stack.close, exc_type, exc, tb)
+            finish(self._stack.close, *exc)
             self._stack = None
 
     def _check_forward(self) -> None:
@@ -649,7 +667,11 @@ def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[
             object.__setattr__(block, "forward", run)
         yield
     finally:
-        finish(_put_back_forwards, saved)
+        try:
+            finish(_put_back_forwards, saved)
+        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
+            finish(_put_back_forwards, saved)
+            raise
 
 
 def _put_back_forwards(saved: list[tuple[torch.nn.Module, Any]]) -> None:

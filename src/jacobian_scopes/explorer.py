@@ -23,6 +23,7 @@ import torch
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import FisherMethodName, ScopeName, SemanticMode
 from jacobian_scopes.results import Prediction, ScopeResult
 from jacobian_scopes.threads import model_lock
@@ -170,7 +171,7 @@ class Explorer:
         n = ids.numel()
         if not -n <= position < n:
             raise ScopeInputError(f"position {position} is outside the prompt's {n} tokens")
-        with self.lock, frozen(self.model), torch.no_grad():
+        with self.lock, backstop() as net, net(frozen(self.model)), torch.no_grad():
             logits = self.model(ids[None].to(self.adapter.device))
             probs = torch.softmax(logits[0, position].float(), dim=-1)
             top = torch.topk(probs, min(k, probs.numel()))

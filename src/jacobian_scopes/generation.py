@@ -32,6 +32,7 @@ from jacobian_scopes.engine import Trace
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen
 from jacobian_scopes.inputs import resolve_tokens
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import FisherMethodName, Prompt, ScopeName, SemanticMode
 from jacobian_scopes.progress import progress
 from jacobian_scopes.results import GenerationResult
@@ -72,7 +73,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed)
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     out = tokens
-    with frozen(model), torch.no_grad():
+    with backstop() as net, net(frozen(model)), torch.no_grad():
         for _ in progress(range(max_new_tokens), desc="generating", unit="token", verbose=verbose):
             logits = model(out)[0, -1].float()
             if do_sample:
@@ -174,7 +175,8 @@ def generate_scope(
     positions = list(range(n_prompt - 1, n_prompt - 1 + n_gen))
     spec = resolve_sources(adapter, None)
 
-    with Trace(adapter, context, sources=spec.taps, checkpoint=checkpoint) as tr:
+    trace = Trace(adapter, context, sources=spec.taps, checkpoint=checkpoint)
+    with backstop() as net, net(trace) as tr:
         logits = tr.logits_at(0, positions)  # (N, d_vocab)
         plans = None
         probs = None

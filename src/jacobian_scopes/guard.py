@@ -199,10 +199,18 @@ def forward_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -
             module.register_forward_pre_hook(hook)
         yield
     finally:
-        if module is not None:
-            for key, fn in list(module._forward_pre_hooks.items()):
-                if fn is hook:
-                    del module._forward_pre_hooks[key]
+        try:
+            finish(_remove_pre_hook, module, hook)
+        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
+            finish(_remove_pre_hook, module, hook)
+            raise
+
+
+def _remove_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -> None:
+    if module is not None:
+        for key, fn in list(module._forward_pre_hooks.items()):
+            if fn is hook:
+                del module._forward_pre_hooks[key]
 
 
 @contextmanager
@@ -231,6 +239,8 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
         with model.hooks(fwd_hooks=fwd_hooks):
             yield
     finally:
+        # TransformerLens's own exit above took the hooks off; this puts back what an
+        # interrupt inside that exit left.
         finish(_put_back, model, held, level)
 
 

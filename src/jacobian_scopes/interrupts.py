@@ -18,6 +18,12 @@ mirror window: an exit taken off the stack and interrupted before it runs is los
 
 Exits do not suppress exceptions (unlike ``ExitStack``'s): a call's contexts never do.
 
+A ``with`` statement has one window of its own: Python checks for a pending signal as
+every Python function starts, so a Ctrl-C can land as a context's ``__exit__`` (or the
+first function it calls) begins, before it has undone anything, and nothing calls it
+again. :class:`backstop`, listed first in the ``with`` statement, exits last and closes
+whatever such an interrupt left open.
+
 Example:
     >>> import threading
     >>> from contextlib import contextmanager
@@ -127,6 +133,59 @@ class Contexts:
             raise pending
 
 
+class backstop:
+    """First in a ``with`` statement: ``with backstop() as net, net(frozen(model)), net(trace):``.
+
+    Each context passed through ``net(...)`` is registered before it is entered; at the end
+    of the statement (it exits last) the backstop closes those still open, newest first:
+    a ``@contextmanager`` context whose generator still waits at its ``yield``, or an
+    object with an idempotent ``close()`` (a :class:`jacobian_scopes.engine.Trace`, a
+    :class:`Contexts`). They are open there only when a Ctrl-C landed as their own
+    ``__exit__`` began (see the module); otherwise it does nothing.
+
+    Example:
+        >>> from contextlib import contextmanager
+        >>> from jacobian_scopes.interrupts import backstop
+        >>> events = []
+        >>> @contextmanager
+        ... def step():
+        ...     try:
+        ...         yield
+        ...     finally:
+        ...         events.append("undone")
+        >>> with backstop() as net, net(step()):
+        ...     events.append("inside")
+        >>> events
+        ['inside', 'undone']
+    """
+
+    def __init__(self) -> None:
+        self._contexts: list[Any] = []
+
+    def __call__(self, context: Any) -> Any:
+        self._contexts.append(context)
+        return context
+
+    def __enter__(self) -> backstop:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # The loop is inside close: one interrupt at a time cannot skip a context here.
+        stack = Contexts()
+        for context in self._contexts:
+            stack.callback(_close_if_open, context)
+        stack.close()
+
+
+def _close_if_open(context: Any) -> None:
+    gen = getattr(context, "gen", None)
+    if inspect.isgenerator(gen):
+        if inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:
+            context.__exit__(None, None, None)
+    else:
+        context.close()
+
+
 def finish(restore: Callable[..., Any], *args: Any) -> None:
     """Call an idempotent ``restore(*args)`` until it has run to its end, then raise the
     first exception that cut it short (an asynchronous one, Ctrl-C), if any.
@@ -154,4 +213,4 @@ def _release_all(lock: Any) -> None:
         lock.release()
 
 
-__all__ = ["Contexts", "finish"]
+__all__ = ["Contexts", "backstop", "finish"]

@@ -41,8 +41,9 @@ from jacobian_scopes.call import Call, build_result, prepare
 from jacobian_scopes.engine import Trace
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.eval import perturb
-from jacobian_scopes.guard import frozen
+from jacobian_scopes.guard import frozen, temporary_hooks
 from jacobian_scopes.inputs import single_token
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import HookList, Prompt, TargetLike
 from jacobian_scopes.results import ScopeResult, Target
 from jacobian_scopes.scopes import semantic_scope
@@ -149,7 +150,8 @@ def _gradients(
     """∂f/∂x_t at every row's input embeddings, the embeddings themselves, the logits at the
     explained position and the target id, from one forward and one backward pass."""
     adapter, pos = call.adapter, call.position
-    with Trace(adapter, rows, [EMBED_HOOK], fwd_hooks=[*call.fwd_hooks, *hooks]) as tr:
+    trace = Trace(adapter, rows, [EMBED_HOOK], fwd_hooks=[*call.fwd_hooks, *hooks])
+    with backstop() as net, net(trace) as tr:
         logits = tr.logits_at(slice(None), [pos])[:, 0].float()
         target_id = _target(adapter, target, logits[-1])
         W_U = adapter.W_U.float()
@@ -208,7 +210,8 @@ def attention(
 
     hooks = [*call.fwd_hooks, *((f"blocks.{i}.attn.hook_pattern", grab(i)) for i in layers)]
     hooks = ThreadGate().hooks(hooks)  # another thread's forward meanwhile passes through
-    with torch.no_grad(), frozen(adapter.model), adapter.model.hooks(fwd_hooks=hooks):
+    model = adapter.model
+    with backstop() as net, torch.no_grad(), net(frozen(model)), net(temporary_hooks(model, hooks)):
         logits = adapter.model(call.tokens)
     missing = [i for i in layers if i not in patterns]
     if missing:

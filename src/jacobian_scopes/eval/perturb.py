@@ -28,6 +28,7 @@ from torch import Tensor
 from jacobian_scopes.adapter import EMBED_HOOK, ModelAdapter
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate
 
@@ -115,7 +116,7 @@ def logits_at(
         raise ScopeInputError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
     position %= n_pos
     out = []
-    with torch.no_grad(), frozen(adapter.model):
+    with backstop() as net, torch.no_grad(), net(frozen(adapter.model)):
         for start in range(0, n_rows, internal_batch_size):
             rows = tokens[start : start + internal_batch_size].contiguous()
             hooks = list(fwd_hooks)
@@ -158,9 +159,10 @@ def embeddings(
     # Gated to this thread: another thread's forward meanwhile must not stop at grab.
     hooks = ThreadGate().hooks([*fwd_hooks, (EMBED_HOOK, grab)])
     with (
+        backstop() as net,
         torch.no_grad(),
-        frozen(adapter.model),
-        temporary_hooks(adapter.model, hooks),
+        net(frozen(adapter.model)),
+        net(temporary_hooks(adapter.model, hooks)),
         suppress(_Stop),
     ):
         adapter.model(tokens)
@@ -187,8 +189,9 @@ def _final_state(
     if final.hook is not None:
         hooks = [*hooks, (final.hook, grab)]
     with (
-        forward_pre_hook(final.module, gate.hook(pre_hook)),
-        temporary_hooks(adapter.model, gate.hooks(hooks)),
+        backstop() as net,
+        net(forward_pre_hook(final.module, gate.hook(pre_hook))),
+        net(temporary_hooks(adapter.model, gate.hooks(hooks))),
         suppress(_Stop),
     ):
         adapter.model(tokens)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen, temporary_hooks
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import Prompt, SourcesLike, TargetLike
 from jacobian_scopes.patching.prepare import Metric, Setup, prepare, scalar
 from jacobian_scopes.patching.result import PatchingResult, make_result
@@ -129,7 +130,12 @@ def _batched_patch(model: Any, s: Setup, batch_size: int) -> dict[str, Tensor]:
             rows.setdefault(label, []).append((i, p, h))
         hooks = [(label, _patch_rows(s.donor_acts[label], r)) for label, r in rows.items()]
         tokens = s.base.expand(len(chunk), -1)
-        with frozen(model), torch.no_grad(), temporary_hooks(model, hooks):
+        with (
+            backstop() as net,
+            net(frozen(model)),
+            torch.no_grad(),
+            net(temporary_hooks(model, hooks)),
+        ):
             logits = model(tokens)
         for i in range(len(chunk)):
             values[start + i] = scalar(s.metric(logits[i : i + 1]), "the metric")
@@ -179,7 +185,7 @@ def _tl_patch(model: Any, s: Setup, sources: SourcesLike) -> dict[str, Tensor]:
     # The donor activations stand in for TransformerLens' ActivationCache (it is only
     # indexed by hook name); run_with_cache is avoided because on the Bridge it leaves
     # Hugging Face output-capturing hooks on the model.
-    with frozen(model), torch.no_grad():
+    with backstop() as net, net(frozen(model)), torch.no_grad():
         grid = fn(model, s.base, s.donor_acts, tl_metric).detach().float().cpu()
     # (layer, pos) or, for "z", (layer, pos, head): what arrange() expects per source.
     return {label: grid[i] for i, label in enumerate(s.spec.labels)}

@@ -19,6 +19,7 @@ import torch
 
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen, temporary_hooks
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import Prompt, SourcesLike, TargetLike
 from jacobian_scopes.patching.prepare import Metric, prepare
 from jacobian_scopes.patching.result import PatchingResult, make_result
@@ -66,7 +67,7 @@ def attribution_patching(
         prepend_bos=prepend_bos,
     )
     probe = GradientProbe(model, sources=list(s.spec.labels))
-    with frozen(model), temporary_hooks(model, probe.fwd_hooks):
+    with backstop() as net, net(frozen(model)), net(temporary_hooks(model, probe.fwd_hooks)):
         logits = model(s.base)
         out = torch.as_tensor(s.metric(logits))
         if out.numel() != 1:

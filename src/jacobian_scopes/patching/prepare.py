@@ -30,6 +30,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
 from jacobian_scopes.guard import frozen, temporary_hooks
 from jacobian_scopes.inputs import resolve_position, resolve_tokens, single_token
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.options import Prompt, SourcesLike, TargetLike
 from jacobian_scopes.sources import SourceSpec, resolve_sources
 
@@ -248,7 +249,8 @@ def capture(model: Any, tokens: Tensor, names: list[str]) -> tuple[Tensor, dict[
 
         return hook_fn
 
-    with frozen(model), torch.no_grad(), temporary_hooks(model, [(n, keep(n)) for n in names]):
+    hooks = [(n, keep(n)) for n in names]
+    with backstop() as net, net(frozen(model)), torch.no_grad(), net(temporary_hooks(model, hooks)):
         logits = model(tokens)
     missing = [n for n in names if n not in acts]
     if missing:

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.guard import frozen
+from jacobian_scopes.guard import frozen, temporary_hooks
+from jacobian_scopes.interrupts import backstop
 from jacobian_scopes.results import ScopeResult
 from jacobian_scopes.text import visible_text
 from jacobian_scopes.threads import ThreadGate
@@ -240,7 +241,7 @@ def _patterns(
     # model afterwards, while model.hooks() removes exactly what it added.
     hooks = ThreadGate().hooks([(name, capture(name)) for name in names])
     tokens = result.tokens[None].to(adapter.device)
-    with frozen(model), torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    with backstop() as net, net(frozen(model)), torch.no_grad(), net(temporary_hooks(model, hooks)):
         model(tokens)
     out = {}
     for name, layer in names.items():
