@@ -94,13 +94,7 @@ class Contexts:
         if not inspect.isgenerator(gen):
             raise TypeError(f"Contexts.enter takes a @contextmanager context, got {cm!r}")
 
-        def exit_if_entered(*exc: Any) -> None:
-            # Suspended: it yielded and waits for its exit. Created: never entered. Closed:
-            # left already, or an interrupt inside its body ran its own finally.
-            if inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:
-                cm.__exit__(*exc)
-
-        self._exits.append(exit_if_entered)
+        self._exits.append(lambda *exc: _exit_if_suspended(cm, *exc))
         return cm.__enter__()
 
     def callback(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -178,12 +172,17 @@ class backstop:
 
 
 def _close_if_open(context: Any) -> None:
-    gen = getattr(context, "gen", None)
-    if inspect.isgenerator(gen):
-        if inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:
-            context.__exit__(None, None, None)
+    if inspect.isgenerator(getattr(context, "gen", None)):
+        _exit_if_suspended(context, None, None, None)
     else:
         context.close()
+
+
+def _exit_if_suspended(cm: _GeneratorContextManager[Any], *exc: Any) -> None:
+    # Suspended: it yielded and waits for its exit. Created: never entered. Closed: left
+    # already, or an interrupt inside its body ran its own finally.
+    if inspect.getgeneratorstate(cm.gen) == inspect.GEN_SUSPENDED:
+        cm.__exit__(*exc)
 
 
 def finish(restore: Callable[..., Any], *args: Any) -> None:

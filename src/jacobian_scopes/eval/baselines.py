@@ -212,7 +212,7 @@ def attention(
     hooks = ThreadGate().hooks(hooks)  # another thread's forward meanwhile passes through
     model = adapter.model
     with backstop() as net, torch.no_grad(), net(frozen(model)), net(temporary_hooks(model, hooks)):
-        logits = adapter.model(call.tokens)
+        logits = model(call.tokens)
     missing = [i for i in layers if i not in patterns]
     if missing:
         raise ScopeInputError(f"no attention pattern was recorded for layers {missing}")
