@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -46,7 +45,7 @@ import torch
 from jacobian_scopes import sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.interrupts import finish
+from jacobian_scopes.interrupts import UndoFn, undoable
 from jacobian_scopes.threads import ThreadGate
 
 #: How a call runs attention: decided per call (``"auto"``), or forced.
@@ -152,8 +151,8 @@ def sdpa_blocker(
     return None
 
 
-@contextmanager
-def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]:
+@undoable
+def sdpa_attention(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
     """Run the Bridge's attention with the Hugging Face module and SDPA for the duration.
 
     Sets ``_attn_implementation`` on the wrapped model's configs to transformers' SDPA (so
@@ -184,20 +183,13 @@ def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Iterator[None]
     layers = _attention_bridges(model)
     saved_forward = [(attn, attn.__dict__.get("forward", _MISSING)) for attn in layers]
     name = sdpa.implementation()
-    try:
-        for c in configs:
-            c._attn_implementation = name
-        for attn in layers:
-            # object.__setattr__: the Bridge's __setattr__ forwards attributes to the
-            # wrapped module (see engine.checkpointed_blocks).
-            object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
-        yield
-    finally:
-        try:
-            finish(_restore, saved_impl, saved_forward)
-        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
-            finish(_restore, saved_impl, saved_forward)
-            raise
+    undo(_restore, saved_impl, saved_forward)
+    for c in configs:
+        c._attn_implementation = name
+    for attn in layers:
+        # object.__setattr__: the Bridge's __setattr__ forwards attributes to the
+        # wrapped module (see engine.checkpointed_blocks).
+        object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
 
 
 _MISSING = object()

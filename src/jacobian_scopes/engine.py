@@ -25,8 +25,7 @@ knows the two TransformerLens model classes apart. For hooks in your own forward
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -40,7 +39,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
-from jacobian_scopes.interrupts import Contexts, finish
+from jacobian_scopes.interrupts import Contexts, UndoFn, finish, undoable
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate, model_lock
 
@@ -513,13 +512,20 @@ class Trace:
         return result
 
 
-@contextmanager
-def _scale_edits_allowed() -> Iterator[None]:
+@undoable
+def _scale_edits_allowed(undo: UndoFn) -> None:
     # The Bridge warns that an edited hook_scale changes the norm's numerics; that edit is
     # the linearisation the caller asked for.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
-        yield
+    catcher = warnings.catch_warnings()
+    undo(_leave, catcher)
+    catcher.__enter__()
+    warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
+
+
+def _leave(catcher: warnings.catch_warnings) -> None:
+    # Idempotent, and nothing to do before it was entered.
+    if getattr(catcher, "_entered", False):
+        catcher.__exit__(None, None, None)
 
 
 #: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
@@ -618,8 +624,8 @@ def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
     return 2 * adapter.n_layers * adapter.n_heads * batch * n_pos * n_pos * per_value
 
 
-@contextmanager
-def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[None]:
+@undoable
+def checkpointed_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
     """Run each of ``model.blocks`` under ``torch.utils.checkpoint`` for the duration.
 
     The wrapper is set as an instance attribute with ``object.__setattr__``: the Bridge's
@@ -648,39 +654,26 @@ def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Iterator[
     """
     from torch.utils.checkpoint import checkpoint
 
-    blocks = list(getattr(model, "blocks", []))
-    saved: list[tuple[torch.nn.Module, Any]] = []
-    try:
-        for block in blocks:
-            own = block.__dict__.get("forward")
-            original = block.forward
+    for block in list(getattr(model, "blocks", [])):
+        own = block.__dict__.get("forward")
+        original = block.forward
 
-            def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                if gate is None:
-                    return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-                if not gate.acting():
-                    return _original(*args, **kwargs)
-                return checkpoint(gate.lend(_original), *args, use_reentrant=False, **kwargs)
+        def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if gate is None:
+                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            if not gate.acting():
+                return _original(*args, **kwargs)
+            return checkpoint(gate.lend(_original), *args, use_reentrant=False, **kwargs)
 
-            # Recorded before it is set, so that an interrupt in between is undone too.
-            saved.append((block, own))
-            object.__setattr__(block, "forward", run)
-        yield
-    finally:
-        try:
-            finish(_put_back_forwards, saved)
-        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
-            finish(_put_back_forwards, saved)
-            raise
+        undo(_put_back_forward, block, own)
+        object.__setattr__(block, "forward", run)
 
 
-def _put_back_forwards(saved: list[tuple[torch.nn.Module, Any]]) -> None:
-    # Idempotent, so that finish() can run it again after an interrupt.
-    for block, own in saved:
-        if own is None:
-            block.__dict__.pop("forward", None)
-        else:
-            object.__setattr__(block, "forward", own)
+def _put_back_forward(block: torch.nn.Module, own: Any) -> None:
+    if own is None:
+        block.__dict__.pop("forward", None)
+    else:
+        object.__setattr__(block, "forward", own)
 
 
 def _check_finite(*tensors: Tensor | None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from jacobian_scopes.interrupts import finish
+from jacobian_scopes.interrupts import UndoFn, exit_if_suspended, finish, undoable
 from jacobian_scopes.threads import model_lock
 
 
@@ -88,6 +88,9 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
         "grads": [None if p.grad is None else p.grad.clone() for p in params],
         "training": [m.training for m in all_modules(model)],
         "hooks": hook_counts(model),
+        # TransformerLens's hooks() level: one too high or low, and its later contexts
+        # take off the wrong hooks
+        "context_level": getattr(model, "context_level", None),
         "torch_hooks": [
             (
                 len(m._forward_hooks),
@@ -177,8 +180,10 @@ _TORCH_HOOK_DICTS = (
 )
 
 
-@contextmanager
-def forward_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -> Iterator[None]:
+@undoable
+def forward_pre_hook(
+    undo: UndoFn, module: torch.nn.Module | None, hook: Callable[..., Any]
+) -> None:
     """``module.register_forward_pre_hook(hook)`` for the duration (``module=None``: none).
 
     The hook is taken off by value, not through its handle, so an interrupt landing right
@@ -194,16 +199,9 @@ def forward_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -
         >>> len(layer._forward_pre_hooks)
         0
     """
-    try:
-        if module is not None:
-            module.register_forward_pre_hook(hook)
-        yield
-    finally:
-        try:
-            finish(_remove_pre_hook, module, hook)
-        except BaseException:  # a Ctrl-C as finish began (see interrupts): once more
-            finish(_remove_pre_hook, module, hook)
-            raise
+    if module is not None:
+        undo(_remove_pre_hook, module, hook)
+        module.register_forward_pre_hook(hook)
 
 
 def _remove_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -> None:
@@ -213,8 +211,10 @@ def _remove_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -
                 del module._forward_pre_hooks[key]
 
 
-@contextmanager
-def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+@undoable
+def temporary_hooks(
+    undo: UndoFn, model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]
+) -> None:
     """``model.hooks(fwd_hooks=...)`` whose undoing survives an interrupt.
 
     TransformerLens removes a context's hooks in a Python loop: a Ctrl-C landing inside
@@ -233,18 +233,17 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]])
         >>> hook_counts(model) == before
         True
     """
-    held = _held_hooks(model)
-    level = model.__dict__.get("context_level")
-    try:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            yield
-    finally:
-        # TransformerLens's own exit above took the hooks off; this puts back what an
-        # interrupt inside that exit left.
-        finish(_put_back, model, held, level)
+    added = model.hooks(fwd_hooks=fwd_hooks)
+    undo(_put_back, model, _held_hooks(model), model.__dict__.get("context_level"), added)
+    added.__enter__()
 
 
-def _put_back(model: Any, held: _Held, level: int | None) -> None:
+def _put_back(model: Any, held: _Held, level: int | None, added: Any) -> None:
+    # TransformerLens's own exit takes the hooks off. Left waiting at its yield, its
+    # generator would run that exit whenever the garbage collector reached it, in the
+    # middle of a later call: taking off that call's hooks, lowering the level once more.
+    # Then put back what an interrupt inside that exit left.
+    exit_if_suspended(added, None, None, None)
     _put_back_hooks(held)
     if level is not None:
         model.context_level = level

@@ -22,7 +22,9 @@ A ``with`` statement has one window of its own: Python checks for a pending sign
 every Python function starts, so a Ctrl-C can land as a context's ``__exit__`` (or the
 first function it calls) begins, before it has undone anything, and nothing calls it
 again. :class:`backstop`, listed first in the ``with`` statement, exits last and closes
-whatever such an interrupt left open.
+whatever such an interrupt left open. A generator's ``finally`` has the same window, and
+once it is cut short nothing can run it again: contexts that change the model are
+therefore :func:`undoable` ones, whose undoing is on a stack that ``close()`` finishes.
 
 Example:
     >>> import threading
@@ -48,13 +50,18 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from contextlib import _GeneratorContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 ExitFn = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
+#: ``undo(restore, *args)``: call the idempotent ``restore(*args)`` when the context closes.
+UndoFn = Callable[..., None]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Contexts:
@@ -88,13 +95,19 @@ class Contexts:
         self._exits.append(lambda *exc: _release_all(lock))
         lock.acquire()
 
-    def enter(self, cm: _GeneratorContextManager[Any]) -> Any:
-        """Enter a ``@contextmanager`` context until :meth:`close`; returns what it yields."""
+    def enter(self, cm: _GeneratorContextManager[Any] | Undoable[Any]) -> Any:
+        """Enter a ``@contextmanager`` or :func:`undoable` context until :meth:`close`;
+        returns what it yields (or its setup returns)."""
+        if isinstance(cm, Undoable):
+            self._exits.append(lambda *exc: cm.close())
+            return cm.__enter__()
         gen = getattr(cm, "gen", None)
         if not inspect.isgenerator(gen):
-            raise TypeError(f"Contexts.enter takes a @contextmanager context, got {cm!r}")
+            raise TypeError(
+                f"Contexts.enter takes a @contextmanager or undoable context, got {cm!r}"
+            )
 
-        self._exits.append(lambda *exc: _exit_if_suspended(cm, *exc))
+        self._exits.append(lambda *exc: exit_if_suspended(cm, *exc))
         return cm.__enter__()
 
     def callback(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -171,14 +184,88 @@ class backstop:
         stack.close()
 
 
+class Undoable(Generic[T]):
+    """The context an :func:`undoable` function returns (see there)."""
+
+    def __init__(self, setup: Callable[[UndoFn], T]) -> None:
+        self._setup = setup
+        self._undos = Contexts()
+
+    def __enter__(self) -> T:
+        try:
+            return self._setup(self._undos.callback)
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Run every undo not yet run, newest first; harmless to call again."""
+        self._undos.close()
+
+
+def undoable(setup: Callable[Concatenate[UndoFn, P], T]) -> Callable[P, Undoable[T]]:
+    """A context manager from a function that changes something and says how to undo it.
+
+    ``setup(undo, *args)`` registers, *before* each change, the idempotent function that
+    takes the change back, with ``undo(restore, *restore_args)``. Entering the context runs
+    the setup (its return value is what ``with ... as`` gets); leaving it runs the undos,
+    newest first, each to its end whatever interrupt arrives. Unlike a ``@contextmanager``
+    generator, whose ``finally`` nothing can run again once a Ctrl-C cut it short as it
+    began, the context's ``close()`` finishes whatever is still to undo: :class:`Contexts`
+    and :class:`backstop` call it.
+
+    Example:
+        >>> from jacobian_scopes.interrupts import undoable
+        >>> settings = {"mode": "eager"}
+        >>> @undoable
+        ... def mode(undo, value):
+        ...     undo(settings.__setitem__, "mode", settings["mode"])
+        ...     settings["mode"] = value
+        >>> with mode("sdpa"):
+        ...     settings["mode"]
+        'sdpa'
+        >>> settings["mode"]
+        'eager'
+    """
+
+    @functools.wraps(setup)
+    def context(*args: P.args, **kwargs: P.kwargs) -> Undoable[T]:
+        return Undoable(lambda undo: setup(undo, *args, **kwargs))
+
+    return context
+
+
 def _close_if_open(context: Any) -> None:
     if inspect.isgenerator(getattr(context, "gen", None)):
-        _exit_if_suspended(context, None, None, None)
+        exit_if_suspended(context, None, None, None)
     else:
         context.close()
 
 
-def _exit_if_suspended(cm: _GeneratorContextManager[Any], *exc: Any) -> None:
+def exit_if_suspended(cm: _GeneratorContextManager[Any], *exc: Any) -> None:
+    """Run ``cm``'s exit if its generator still waits at its ``yield``.
+
+    Left waiting (its exit cut short as it began), a generator's ``finally`` runs when the
+    garbage collector reaches it: at any later moment, in the middle of another call.
+
+    Example:
+        >>> from contextlib import contextmanager
+        >>> from jacobian_scopes.interrupts import exit_if_suspended
+        >>> @contextmanager
+        ... def step():
+        ...     try:
+        ...         yield
+        ...     finally:
+        ...         print("exit")
+        >>> cm = step()
+        >>> _ = cm.__enter__()
+        >>> exit_if_suspended(cm, None, None, None)
+        exit
+        >>> exit_if_suspended(cm, None, None, None)  # left already: nothing
+    """
     # Suspended: it yielded and waits for its exit. Created: never entered. Closed: left
     # already, or an interrupt inside its body ran its own finally.
     if inspect.getgeneratorstate(cm.gen) == inspect.GEN_SUSPENDED:
@@ -212,4 +299,4 @@ def _release_all(lock: Any) -> None:
         lock.release()
 
 
-__all__ = ["Contexts", "backstop", "finish"]
+__all__ = ["Contexts", "backstop", "exit_if_suspended", "finish", "undoable"]
