@@ -33,6 +33,28 @@ def test_the_heads_rows_are_the_supports_own_not_a_second_gather():
     torch.testing.assert_close(head.rows, fisher.candidate_rows(W, p, W @ p, ids[:100]))
 
 
+@pytest.mark.parametrize("method, n_probes", [("principal", 0), ("sketch", 2)])
+def test_a_plan_keeps_its_rows_when_the_next_plan_reuses_the_workspace(method, n_probes):
+    # The support's rows live in a buffer each thread reuses from plan to plan: nothing a
+    # plan returns may be a view of it. (W laid out as a tied embedding's transpose, whose
+    # rows are gathered into that buffer.)
+    W, p = _unembedding()
+    W = W.T.contiguous().T
+    first = fisher.plan(W, p, method=method, rank=1, n_probes=n_probes)
+    kept = first.rows.clone()
+    fisher.plan(W, p.flip(0), method=method, rank=1, n_probes=n_probes)  # same size
+    assert torch.equal(first.rows, kept)
+
+
+def test_the_workspace_is_reused_and_grows_only_when_a_support_needs_more():
+    W, p = _unembedding()
+    n = fisher.support(p, 1e-3).numel()
+    a = fisher._workspace(n, W)
+    b = fisher._workspace(n // 2, W)
+    assert a.shape == (n, W.shape[0]) and b.data_ptr() == a.data_ptr()
+    assert fisher._workspace(2 * n, W).shape == (2 * n, W.shape[0])
+
+
 def test_the_warm_start_is_the_ritz_vectors_largest_first():
     # The whole support's iteration starts from the head's leading Ritz vectors: the first
     # columns of what top_eigen hands on must be its eigen-directions, in order.
