@@ -93,6 +93,7 @@ def token_signs(
 
 
 _GRAM_CHUNK = 8192
+_GRAM_BLOCK = 1024
 _WORKSPACES = threading.local()
 
 
@@ -267,9 +268,16 @@ class _Support:
 
     def gram(self, Q: Float[Tensor, "d b"]) -> Float[Tensor, "d b"]:
         """F_S Q."""
-        # (Aᵀ(AQ))ᵀ = (AQ)ᵀA: both products then stream A in its own memory order.
         if self.rows is not None:
-            return ((self.rows @ Q).T @ self.rows).T
+            # Σ over blocks of rows of A_bᵀ(A_b Q), each block read from memory once and
+            # used twice while it is in cache, in the (QᵀA_bᵀ)A_b order that streams the
+            # block in its own layout: half the memory traffic of two whole passes, and
+            # 1.5-2x faster on one CPU thread (bench_plans.py).
+            QT = Q.T.contiguous()
+            out = Q.new_zeros((Q.shape[1], self.rows.shape[1]))
+            for block in self.rows.split(_GRAM_BLOCK):
+                out.addmm_(QT @ block.T, block)
+            return out.T
         wq, mq = self.wbar @ Q, self.m @ Q
         out = (((Q.T @ self.W) * self.q) @ self.W.T).T
         return out - torch.outer(self.m, wq) - torch.outer(self.wbar, mq - self.mass * wq)
