@@ -3,8 +3,8 @@
 ``contextlib.ExitStack.enter_context`` enters a context, then registers its exit: a Ctrl-C
 (an asynchronous ``KeyboardInterrupt``) landing between the two leaves the context entered
 for good. For the model's lock that means every later call from another thread waits
-forever; for a generator context (``frozen``, ``temporary_hooks``, ...) its flags or hooks
-stay until the generator happens to be garbage-collected. ``ExitStack.close`` has the
+forever; for a generator context (``frozen``) its flags stay until the generator happens
+to be garbage-collected. ``ExitStack.close`` has the
 mirror window: an exit taken off the stack and interrupted before it runs is lost.
 
 :class:`Contexts` closes both windows, for one interrupt at a time:
