@@ -294,7 +294,7 @@ def test_a_transformerlens_exit_cut_short_leaves_nothing_for_the_garbage_collect
     from jacobian_scopes.guard import temporary_hooks
 
     model = helpers.make_model(helpers.model_kinds()[0], "llama")
-    before = _state(model)
+    before, level = _state(model), model.context_level
     exit_ = contextlib._GeneratorContextManager.__exit__
 
     def cut_short_in_transformer_lens(self, *exc):
@@ -315,6 +315,7 @@ def test_a_transformerlens_exit_cut_short_leaves_nothing_for_the_garbage_collect
     del caught
     gc.collect()
     assert _state(model) == before
+    assert model.context_level == level
 
 
 def _step(events, name, interrupt_before_yield=False):
