@@ -34,7 +34,7 @@ def test_the_heads_rows_are_the_supports_own_not_a_second_gather():
 
 
 @pytest.mark.parametrize("method, n_probes", [("principal", 0), ("sketch", 2)])
-def test_a_plan_keeps_its_rows_when_the_next_plan_reuses_the_workspace(method, n_probes):
+def test_a_plan_keeps_its_rows_when_the_next_plan_reuses_the_row_buffer(method, n_probes):
     # The support's rows live in a buffer each thread reuses from plan to plan: nothing a
     # plan returns may be a view of it. (W laid out as a tied embedding's transpose, whose
     # rows are gathered into that buffer.)
@@ -46,13 +46,17 @@ def test_a_plan_keeps_its_rows_when_the_next_plan_reuses_the_workspace(method, n
     assert torch.equal(first.rows, kept)
 
 
-def test_the_workspace_is_reused_and_grows_only_when_a_support_needs_more():
+def test_the_row_buffer_is_reused_grows_when_needed_and_is_never_shared():
     W, p = _unembedding()
     n = fisher.support(p, 1e-3).numel()
-    a = fisher._workspace(n, W)
-    b = fisher._workspace(n // 2, W)
-    assert a.shape == (n, W.shape[0]) and b.data_ptr() == a.data_ptr()
-    assert fisher._workspace(2 * n, W).shape == (2 * n, W.shape[0])
+    with fisher._rows_buffer(n, W) as a:
+        assert a is not None and a.shape == (n, W.shape[0])
+        with fisher._rows_buffer(n, W) as nested:  # another plan meanwhile: a fresh one
+            assert nested is None
+    with fisher._rows_buffer(n // 2, W) as b:
+        assert b is not None and b.data_ptr() == a.data_ptr()
+    with fisher._rows_buffer(2 * n, W) as c:
+        assert c is not None and c.shape == (2 * n, W.shape[0])
 
 
 def test_the_warm_start_is_the_ritz_vectors_largest_first():

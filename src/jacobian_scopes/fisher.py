@@ -42,6 +42,8 @@ Gram matrix (its ``min(|S|, d)`` VJPs cost far more than the plan).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,23 +96,30 @@ def token_signs(
 
 _GRAM_CHUNK = 8192
 _GRAM_BLOCK = 1024
-_WORKSPACES = threading.local()
+_ROWS_BUFFER: dict[str, Tensor] = {}
+_ROWS_BUFFER_LOCK = threading.Lock()
 
 
-def _workspace(n: int, W: Tensor) -> Tensor | None:
-    """An ``n × d`` buffer for the support's rows, kept by each thread from one plan to the
-    next on the CPU (at most ``_ROWS_LIMIT`` floats, 64 MB). A fresh buffer of tens of MB
-    costs more in page faults than the gather that fills it: the allocator hands it back to
-    the system after every plan (SmolLM2, 23.6k rows on one thread: 37 ms fresh, 7 ms
-    reused). None on other devices, whose caching allocators reuse memory themselves."""
-    if W.device.type != "cpu":
-        return None
-    size = n * W.shape[0]
-    buf = getattr(_WORKSPACES, "rows", None)
-    if buf is None or buf.dtype != W.dtype or buf.numel() < size:
-        buf = torch.empty(size, dtype=W.dtype)
-        _WORKSPACES.rows = buf
-    return buf[:size].view(n, W.shape[0])
+@contextmanager
+def _rows_buffer(n: int, W: Tensor) -> Iterator[Tensor | None]:
+    """An ``n × d`` buffer for the support's rows, kept from one plan to the next on the
+    CPU (one for the process, at most ``_ROWS_LIMIT`` floats: 64 MB). A fresh buffer above
+    glibc's 32 MB mmap threshold costs more in page faults than the gather that fills it,
+    because it goes back to the system after every plan (SmolLM2, 23.6k rows on one thread:
+    37 ms fresh, 7 ms reused). None, so a fresh one, on other devices (their caching
+    allocators reuse memory already) and while another thread's plan holds the buffer:
+    never a wait, and an interrupt that leaves the lock taken costs only the reuse."""
+    if W.device.type != "cpu" or not _ROWS_BUFFER_LOCK.acquire(blocking=False):
+        yield None
+        return
+    try:
+        size = n * W.shape[0]
+        buf = _ROWS_BUFFER.get("rows")
+        if buf is None or buf.dtype != W.dtype or buf.numel() < size:
+            buf = _ROWS_BUFFER["rows"] = torch.empty(size, dtype=W.dtype)
+        yield buf[:size].view(n, W.shape[0])
+    finally:
+        _ROWS_BUFFER_LOCK.release()
 
 
 # Above this many entries the support's rows are not formed (see _Support).
@@ -247,12 +256,20 @@ class _Support:
     ``W`` and no d × d matrix.
     """
 
-    def __init__(self, W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, rows: Tensor | None = None):
+    def __init__(
+        self,
+        W: Tensor,
+        p: Tensor,
+        wbar: Tensor,
+        ids: Tensor,
+        rows: Tensor | None = None,
+        out: Tensor | None = None,
+    ):
         self.W, self.p, self.wbar, self.ids = W, p, wbar, ids
         self.sqrt_p = p[ids].sqrt()
         self.rows = rows
         if rows is None and ids.numel() * W.shape[0] <= _ROWS_LIMIT:
-            self.rows = candidate_rows(W, p, wbar, ids, out=_workspace(ids.numel(), W))
+            self.rows = candidate_rows(W, p, wbar, ids, out=out)
         if self.rows is not None:
             return
         q = torch.zeros_like(p)
@@ -354,9 +371,30 @@ def _iterative_rows(
 ) -> tuple[Tensor, int, Tensor, float]:
     """(rows, n_exact, eigenvalues, residual) of principal (n_probes = 0) or sketch with the
     matrix-free solver."""
+    with _rows_buffer(ids.numel(), W) as out:
+        return _iterative_rows_into(
+            _Support(W, p, wbar, ids, out=out),
+            rank=rank,
+            n_probes=n_probes,
+            eps=eps,
+            trace_support=trace_support,
+            generator=generator,
+        )
+
+
+def _iterative_rows_into(
+    op: _Support,
+    *,
+    rank: int,
+    n_probes: int,
+    eps: float,
+    trace_support: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, int, Tensor, float]:
+    # Nothing returned may be a view of op.rows: they may live in the shared buffer.
+    W, p, ids = op.W, op.p, op.ids
     d = W.shape[0]
     k = min(rank, d, ids.numel()) if trace_support > 0 else 0
-    op = _Support(W, p, wbar, ids)
     lam, residual = torch.zeros(0, dtype=torch.float64, device=W.device), 0.0
     U = W.new_zeros((d, 0))
     if k > 0:
