@@ -45,7 +45,7 @@ import torch
 from jacobian_scopes import sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.errors import ScopeInputError
-from jacobian_scopes.interrupts import UndoFn, undoable
+from jacobian_scopes.interrupts import Undoable, UndoFn
 from jacobian_scopes.threads import ThreadGate
 
 #: How a call runs attention: decided per call (``"auto"``), or forced.
@@ -151,8 +151,7 @@ def sdpa_blocker(
     return None
 
 
-@undoable
-def sdpa_attention(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
+def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Undoable[None]:
     """Run the Bridge's attention with the Hugging Face module and SDPA for the duration.
 
     Sets ``_attn_implementation`` on the wrapped model's configs to transformers' SDPA (so
@@ -177,6 +176,10 @@ def sdpa_attention(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> 
         >>> torch.allclose(eager, sdpa, atol=1e-4)
         True
     """
+    return Undoable(lambda undo: _use_sdpa(undo, model, gate))
+
+
+def _use_sdpa(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
     configs = list({id(c): c for c in _configs(model)}.values())
     # The raw attributes, not the property: transformers' setter also rewrites sub-configs.
     saved_impl = [(c, key, c.__dict__.get(key, _MISSING)) for c in configs for key in _IMPL_KEYS]

@@ -39,7 +39,7 @@ from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
-from jacobian_scopes.interrupts import Contexts, UndoFn, finish, undoable
+from jacobian_scopes.interrupts import Contexts, Undoable, UndoFn, finish
 from jacobian_scopes.options import HookList
 from jacobian_scopes.threads import ThreadGate, model_lock
 
@@ -512,8 +512,11 @@ class Trace:
         return result
 
 
-@undoable
-def _scale_edits_allowed(undo: UndoFn) -> None:
+def _scale_edits_allowed() -> Undoable[None]:
+    return Undoable(_allow_scale_edits)
+
+
+def _allow_scale_edits(undo: UndoFn) -> None:
     # The Bridge warns that an edited hook_scale changes the norm's numerics; that edit is
     # the linearisation the caller asked for.
     catcher = warnings.catch_warnings()
@@ -624,8 +627,7 @@ def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
     return 2 * adapter.n_layers * adapter.n_heads * batch * n_pos * n_pos * per_value
 
 
-@undoable
-def checkpointed_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
+def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Undoable[None]:
     """Run each of ``model.blocks`` under ``torch.utils.checkpoint`` for the duration.
 
     The wrapper is set as an instance attribute with ``object.__setattr__``: the Bridge's
@@ -652,6 +654,10 @@ def checkpointed_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None = None
         >>> torch.allclose(grads[0], grads[1])
         True
     """
+    return Undoable(lambda undo: _checkpoint_blocks(undo, model, gate))
+
+
+def _checkpoint_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
     from torch.utils.checkpoint import checkpoint
 
     for block in list(getattr(model, "blocks", [])):

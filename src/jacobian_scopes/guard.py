@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from jacobian_scopes.interrupts import UndoFn, exit_if_suspended, finish, undoable
+from jacobian_scopes.interrupts import Undoable, UndoFn, exit_if_suspended, finish
 from jacobian_scopes.threads import model_lock
 
 
@@ -180,10 +180,7 @@ _TORCH_HOOK_DICTS = (
 )
 
 
-@undoable
-def forward_pre_hook(
-    undo: UndoFn, module: torch.nn.Module | None, hook: Callable[..., Any]
-) -> None:
+def forward_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -> Undoable[None]:
     """``module.register_forward_pre_hook(hook)`` for the duration (``module=None``: none).
 
     The hook is taken off by value, not through its handle, so an interrupt landing right
@@ -199,6 +196,10 @@ def forward_pre_hook(
         >>> len(layer._forward_pre_hooks)
         0
     """
+    return Undoable(lambda undo: _add_pre_hook(undo, module, hook))
+
+
+def _add_pre_hook(undo: UndoFn, module: torch.nn.Module | None, hook: Callable[..., Any]) -> None:
     if module is not None:
         undo(_remove_pre_hook, module, hook)
         module.register_forward_pre_hook(hook)
@@ -211,10 +212,7 @@ def _remove_pre_hook(module: torch.nn.Module | None, hook: Callable[..., Any]) -
                 del module._forward_pre_hooks[key]
 
 
-@undoable
-def temporary_hooks(
-    undo: UndoFn, model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]
-) -> None:
+def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]) -> Undoable[None]:
     """``model.hooks(fwd_hooks=...)`` whose undoing survives an interrupt.
 
     TransformerLens removes a context's hooks in a Python loop: a Ctrl-C landing inside
@@ -233,6 +231,10 @@ def temporary_hooks(
         >>> hook_counts(model) == before
         True
     """
+    return Undoable(lambda undo: _add_hooks(undo, model, fwd_hooks))
+
+
+def _add_hooks(undo: UndoFn, model: Any, fwd_hooks: list[tuple[Any, Callable[..., Any]]]) -> None:
     added = model.hooks(fwd_hooks=fwd_hooks)
     undo(_put_back, model, _held_hooks(model), model.__dict__.get("context_level"), added)
     added.__enter__()

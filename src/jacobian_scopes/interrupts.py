@@ -24,7 +24,7 @@ first function it calls) begins, before it has undone anything, and nothing call
 again. :class:`backstop`, listed first in the ``with`` statement, exits last and closes
 whatever such an interrupt left open. A generator's ``finally`` has the same window, and
 once it is cut short nothing can run it again: contexts that change the model are
-therefore :func:`undoable` ones, whose undoing is on a stack that ``close()`` finishes.
+therefore :class:`Undoable` ones, whose undoing is on a stack that ``close()`` finishes.
 
 Example:
     >>> import threading
@@ -50,17 +50,15 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from contextlib import _GeneratorContextManager
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, TypeVar
 
 ExitFn = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
 #: ``undo(restore, *args)``: call the idempotent ``restore(*args)`` when the context closes.
 UndoFn = Callable[..., None]
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -96,7 +94,7 @@ class Contexts:
         lock.acquire()
 
     def enter(self, cm: _GeneratorContextManager[Any] | Undoable[Any]) -> Any:
-        """Enter a ``@contextmanager`` or :func:`undoable` context until :meth:`close`;
+        """Enter a ``@contextmanager`` or :class:`Undoable` context until :meth:`close`;
         returns what it yields (or its setup returns)."""
         if isinstance(cm, Undoable):
             self._exits.append(lambda *exc: cm.close())
@@ -104,7 +102,7 @@ class Contexts:
         gen = getattr(cm, "gen", None)
         if not inspect.isgenerator(gen):
             raise TypeError(
-                f"Contexts.enter takes a @contextmanager or undoable context, got {cm!r}"
+                f"Contexts.enter takes a @contextmanager or Undoable context, got {cm!r}"
             )
 
         self._exits.append(lambda *exc: exit_if_suspended(cm, *exc))
@@ -185,7 +183,28 @@ class backstop:
 
 
 class Undoable(Generic[T]):
-    """The context an :func:`undoable` function returns (see there)."""
+    """A context that changes something on entering and undoes it, to its end, on leaving.
+
+    ``setup(undo)`` makes the changes and registers, *before* each one, the idempotent
+    function that takes it back: ``undo(restore, *restore_args)``. Entering runs the setup
+    (its return value is what ``with ... as`` gets); leaving runs the undos, newest first,
+    each to its end whatever interrupt arrives. Unlike a ``@contextmanager`` generator,
+    whose ``finally`` nothing can run again once a Ctrl-C cut it short as it began, the
+    context's :meth:`close` finishes whatever is still to undo: :class:`Contexts` and
+    :class:`backstop` call it.
+
+    Example:
+        >>> from jacobian_scopes.interrupts import Undoable
+        >>> settings = {"mode": "eager"}
+        >>> def use_sdpa(undo):
+        ...     undo(settings.__setitem__, "mode", settings["mode"])
+        ...     settings["mode"] = "sdpa"
+        >>> with Undoable(use_sdpa):
+        ...     settings["mode"]
+        'sdpa'
+        >>> settings["mode"]
+        'eager'
+    """
 
     def __init__(self, setup: Callable[[UndoFn], T]) -> None:
         self._setup = setup
@@ -204,38 +223,6 @@ class Undoable(Generic[T]):
     def close(self) -> None:
         """Run every undo not yet run, newest first; harmless to call again."""
         self._undos.close()
-
-
-def undoable(setup: Callable[Concatenate[UndoFn, P], T]) -> Callable[P, Undoable[T]]:
-    """A context manager from a function that changes something and says how to undo it.
-
-    ``setup(undo, *args)`` registers, *before* each change, the idempotent function that
-    takes the change back, with ``undo(restore, *restore_args)``. Entering the context runs
-    the setup (its return value is what ``with ... as`` gets); leaving it runs the undos,
-    newest first, each to its end whatever interrupt arrives. Unlike a ``@contextmanager``
-    generator, whose ``finally`` nothing can run again once a Ctrl-C cut it short as it
-    began, the context's ``close()`` finishes whatever is still to undo: :class:`Contexts`
-    and :class:`backstop` call it.
-
-    Example:
-        >>> from jacobian_scopes.interrupts import undoable
-        >>> settings = {"mode": "eager"}
-        >>> @undoable
-        ... def mode(undo, value):
-        ...     undo(settings.__setitem__, "mode", settings["mode"])
-        ...     settings["mode"] = value
-        >>> with mode("sdpa"):
-        ...     settings["mode"]
-        'sdpa'
-        >>> settings["mode"]
-        'eager'
-    """
-
-    @functools.wraps(setup)
-    def context(*args: P.args, **kwargs: P.kwargs) -> Undoable[T]:
-        return Undoable(lambda undo: setup(undo, *args, **kwargs))
-
-    return context
 
 
 def _close_if_open(context: Any) -> None:
@@ -299,4 +286,4 @@ def _release_all(lock: Any) -> None:
         lock.release()
 
 
-__all__ = ["Contexts", "backstop", "exit_if_suspended", "finish", "undoable"]
+__all__ = ["Contexts", "Undoable", "backstop", "exit_if_suspended", "finish"]
