@@ -104,6 +104,16 @@ def test_both_solvers_give_the_same_principal_rows():
     assert (gram.trace_support, gram.tail_mass) == (iterative.trace_support, iterative.tail_mass)
 
 
+def test_a_block_wider_than_half_the_space_still_meets_the_tolerance():
+    # d = 24 and a block of 1 + 16: doubling it would not fit, so the whole space is taken.
+    W, p = _unembedding(d=24, V=2000, seed=4)
+    ids = fisher.support(p, 1e-3)
+    lam, _, residual, _ = fisher.top_eigen(fisher._Support(W, p, W @ p, ids), 24, 1)
+    dense = fisher.plan(W, p, method="principal", rank=1, solver="gram").eigenvalues[:1]
+    assert residual <= 1e-4
+    torch.testing.assert_close(lam, dense, rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("rows_limit", [1 << 24, 0])
 def test_probes_have_the_covariance_of_the_remainder(monkeypatch, rows_limit):
     monkeypatch.setattr(fisher, "_ROWS_LIMIT", rows_limit)

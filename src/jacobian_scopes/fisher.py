@@ -28,7 +28,7 @@ with ``Σ_k r_k r_kᵀ = F``. Every method below only chooses those rows:
 * ``"gram"``: the full eigendecomposition of the Gram matrix of ``A_S``, formed on
   whichever side of A is smaller (``O(|S| d²)``, and a d × d matrix once ``|S| > d``);
   probes ``r = Σ_{k>rank} √λ_k s_k u_k``.
-* ``"iterative"``: block subspace iteration with Rayleigh–Ritz on
+* ``"iterative"``: a restarted block Krylov iteration with Rayleigh–Ritz on
   ``F_S v = A_Sᵀ(A_S v)``, never a d × d matrix. It starts on the most probable rows (a
   few thousand) and finishes on the whole support, where the support's rows are formed
   only when ``|S| × d`` is small and otherwise every product streams ``W`` with the
@@ -316,14 +316,19 @@ def top_eigen(
     tol: float = 1e-4,
     max_iter: int = 30,
 ) -> tuple[Float[Tensor, " k"], Float[Tensor, "d k"], float, Float[Tensor, "d b"]]:
-    """The top ``k`` eigenpairs of F_S by block subspace iteration with Rayleigh–Ritz.
+    """The top ``k`` eigenpairs of F_S by a restarted block Krylov iteration.
 
-    Each step costs one product ``F_S Q`` with a d × (k + oversample) block (two passes
-    over the support's rows); it stops when every kept Ritz pair's residual
-    ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block is drawn from a fixed seed, so
-    the same distribution always gives the same directions. Returns the Ritz values (largest
-    first), the orthonormal vectors, the largest relative residual, and the last block
-    (a warm ``start`` for a larger support).
+    A block ``Q`` of d × (k + oversample) and ``F_S Q`` give Ritz pairs (Rayleigh–Ritz); each
+    step adds the part of ``F_S Q`` that ``Q`` does not span, ``P``, costs one product
+    ``F_S P`` (two passes over the support's rows), takes the Ritz pairs of the doubled
+    block ``[Q, P]``, and keeps the best ``b`` of them as the next ``Q`` (what ``F_S`` makes
+    of them is known without another product). Plain subspace iteration would keep only
+    ``F_S Q``; the doubled block reaches the tolerance in one product fewer on most of
+    SmolLM2's distributions (benchmarks/bench_plans.py). It stops when every kept Ritz
+    pair's residual ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block is drawn from a
+    fixed seed, so the same distribution always gives the same directions. Returns the Ritz
+    values (largest first), the orthonormal vectors, the largest relative residual, and the
+    leading ``b`` Ritz vectors (a warm ``start`` for a larger support).
     """
     if start is None:
         gen = torch.Generator().manual_seed(0)
@@ -331,22 +336,37 @@ def top_eigen(
         start = torch.randn(shape, generator=gen, dtype=torch.float32).to(op.wbar.device)
     Q, _ = torch.linalg.qr(start)
     b = Q.shape[1]
-    worst = 0.0
+    theta, U, FU, worst = _rayleigh_ritz(Q, op.gram(Q), k)
     for _ in range(max_iter):
-        Z = op.gram(Q)
-        theta_all, S_all = torch.linalg.eigh((Q.T @ Z).double())
-        theta_all, S_all = theta_all.flip(0), S_all.flip(1).float()
-        theta, S = theta_all[:k], S_all[:, :k]
-        U = Q @ S
-        residual = (Z @ S - U * theta.float()).pow(2).sum(0).sqrt()
-        scale = float(theta[0].clamp_min(1e-30))
-        worst = float(residual.max()) / scale
         if worst <= tol or b >= d:
             break
-        Q, _ = torch.linalg.qr(Z)
-    # The Ritz vectors, largest first: their leading columns are the best start for a larger
-    # support.
-    return theta.clamp_min(0), U, worst, Q @ S_all
+        if 2 * b > d:  # a small d: the whole space at once, one product
+            eye = torch.eye(d, dtype=Q.dtype, device=Q.device)
+            theta, U, FU, worst = _rayleigh_ritz(eye, op.gram(eye), k)
+            break
+        Q, Z = U[:, :b], FU[:, :b]
+        # Orthogonalised against Q twice: near convergence F_S Q is almost inside span Q,
+        # and in float32 one pass leaves P far from orthogonal to Q after normalising; a
+        # basis that is not orthonormal gives meaningless Ritz pairs.
+        P = Z - Q @ (Q.T @ Z)
+        for _ in range(2):
+            P = P - Q @ (Q.T @ P)
+            P, _ = torch.linalg.qr(P)
+        basis = torch.cat([Q, P], 1)
+        theta, U, FU, worst = _rayleigh_ritz(basis, torch.cat([Z, op.gram(P)], 1), k)
+    return theta[:k].clamp_min(0), U[:, :k], worst, U[:, :b]
+
+
+def _rayleigh_ritz(
+    B: Float[Tensor, "d m"], FB: Float[Tensor, "d m"], k: int
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Ritz values (largest first) and vectors of F_S on span B (orthonormal), what F_S
+    makes of those vectors, and the largest relative residual of the first ``k``."""
+    theta, S = torch.linalg.eigh((B.T @ FB).double())
+    theta, S = theta.flip(0), S.flip(1).float()
+    U, FU = B @ S, FB @ S
+    residual = (FU[:, :k] - U[:, :k] * theta[:k].float()).pow(2).sum(0).sqrt()
+    return theta, U, FU, float(residual.max()) / float(theta[0].clamp_min(1e-30))
 
 
 def _head_size(p: Tensor, ids: Tensor, eps: float, d: int) -> int:
@@ -410,6 +430,9 @@ def _iterative_rows_into(
         keep = lam > lam[0] * 1e-12
         lam, U = lam[keep], U[:, keep]
         k = int(lam.numel())
+    # u is defined up to sign; fixed (positive sum) so that nearly equal distributions give
+    # nearly equal rows whatever sign the solver's last step happened to produce.
+    U = U * torch.where(U.sum(0) < 0, -1.0, 1.0)
     rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
     if n_probes == 0 or trace_support <= 0:
         return rows, k, lam, residual
