@@ -4,8 +4,8 @@
 (an asynchronous ``KeyboardInterrupt``) landing between the two leaves the context entered
 for good. For the model's lock that means every later call from another thread waits
 forever; for a generator context (``frozen``) its flags stay until the generator happens
-to be garbage-collected. ``ExitStack.close`` has the
-mirror window: an exit taken off the stack and interrupted before it runs is lost.
+to be garbage-collected. ``ExitStack.close`` has the mirror window: an exit taken off the
+stack and interrupted before it runs is lost.
 
 :class:`Contexts` closes both windows, for one interrupt at a time:
 
