@@ -146,6 +146,23 @@ def test_a_distribution_without_spread_gives_no_rows_and_no_nan():
         assert plan.rows.shape[0] == 0 and plan.trace_support == 0.0
 
 
+@pytest.mark.parametrize("method", ["sketch", "principal", "exact"])
+def test_a_model_certain_of_its_next_token_gets_zero_fisher_scores(monkeypatch, method):
+    # A passage of the faithfulness study (SmolLM2, p = 1 in float32) gave the plan no rows,
+    # and the call failed in torch.cat; with F = 0 every token's score is 0.
+    from jacobian_scopes import directions
+
+    plan = directions.fisher_math.plan
+
+    def certain(W_U, p, **kwargs):
+        return plan(W_U, torch.nn.functional.one_hot(p.argmax(), p.numel()).float(), **kwargs)
+
+    monkeypatch.setattr(directions.fisher_math, "plan", certain)
+    model = helpers.make_model(helpers.model_kinds()[0], "llama")
+    result = js.fisher_scope(model, helpers.tokens(6), method=method)
+    assert torch.equal(result.scores, torch.zeros_like(result.scores))
+
+
 def test_an_unknown_solver_is_refused():
     W, p = _unembedding(d=8, V=50)
     with pytest.raises(ScopeInputError, match="solver"):

@@ -497,6 +497,10 @@ class Trace:
                     value = self.taps[name].value
                     assert value is not None
                     dots[name].append((g * value.float()).sum(-1))
+        if K == 0:  # no direction (Fisher, a model certain of its next token): all zero
+            for name, leaf in zip(names, leaves, strict=True):
+                assert leaf is not None
+                squared[name].append(leaf.new_zeros((0, *leaf.shape[:-1]), dtype=torch.float32))
         result = Pullback(
             squared={n: _combine(v, keep_each) for n, v in squared.items()},
             vectors={n: torch.cat(v) for n, v in vectors.items() if v},
