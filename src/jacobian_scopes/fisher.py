@@ -324,11 +324,11 @@ def top_eigen(
     block ``[Q, P]``, and keeps the best ``b`` of them as the next ``Q`` (what ``F_S`` makes
     of them is known without another product). Plain subspace iteration would keep only
     ``F_S Q``; the doubled block reached the tolerance in one product fewer on 4 of 9
-    SmolLM2 distributions, and never needed more (benchmarks/bench_plans.py). It stops when every kept Ritz
-    pair's residual ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block is drawn from a
-    fixed seed, so the same distribution always gives the same directions. Returns the Ritz
-    values (largest first), the orthonormal vectors, the largest relative residual, and the
-    leading ``b`` Ritz vectors (a warm ``start`` for a larger support).
+    SmolLM2 distributions, and never needed more (benchmarks/bench_plans.py). It stops when
+    every kept Ritz pair's residual ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block
+    is drawn from a fixed seed, so the same distribution always gives the same directions.
+    Returns the Ritz values (largest first), the orthonormal vectors, the largest relative
+    residual, and the leading ``b`` Ritz vectors (a warm ``start`` for a larger support).
     """
     if start is None:
         gen = torch.Generator().manual_seed(0)
