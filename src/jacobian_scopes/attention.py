@@ -179,7 +179,7 @@ def sdpa_attention(model: Any, gate: ThreadGate | None = None) -> Undoable[None]
     return Undoable(lambda undo: _use_sdpa(undo, model, gate))
 
 
-def _use_sdpa(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
+def _use_sdpa(undo: UndoFn, model: Any, gate: ThreadGate | None) -> None:
     configs = list({id(c): c for c in _configs(model)}.values())
     # The raw attributes, not the property: transformers' setter also rewrites sub-configs.
     saved_impl = [(c, key, c.__dict__.get(key, _MISSING)) for c in configs for key in _IMPL_KEYS]

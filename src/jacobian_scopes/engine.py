@@ -661,7 +661,7 @@ def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Undoable[
     return Undoable(lambda undo: _checkpoint_blocks(undo, model, gate))
 
 
-def _checkpoint_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None = None) -> None:
+def _checkpoint_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None) -> None:
     from torch.utils.checkpoint import checkpoint
 
     for block in list(getattr(model, "blocks", [])):

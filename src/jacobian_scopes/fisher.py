@@ -392,56 +392,37 @@ def _iterative_rows(
     """(rows, n_exact, eigenvalues, residual) of principal (n_probes = 0) or sketch with the
     matrix-free solver."""
     with _rows_buffer(ids.numel(), W) as out:
-        return _iterative_rows_into(
-            _Support(W, p, wbar, ids, out=out),
-            rank=rank,
-            n_probes=n_probes,
-            eps=eps,
-            trace_support=trace_support,
-            generator=generator,
-        )
-
-
-def _iterative_rows_into(
-    op: _Support,
-    *,
-    rank: int,
-    n_probes: int,
-    eps: float,
-    trace_support: float,
-    generator: torch.Generator | None,
-) -> tuple[Tensor, int, Tensor, float]:
-    # Nothing returned may be a view of op.rows: they may live in the shared buffer.
-    W, p, ids = op.W, op.p, op.ids
-    d = W.shape[0]
-    k = min(rank, d, ids.numel()) if trace_support > 0 else 0
-    lam, residual = torch.zeros(0, dtype=torch.float64, device=W.device), 0.0
-    U = W.new_zeros((d, 0))
-    if k > 0:
-        # The eigen-directions are found first on the head of the support (the most
-        # probable rows), which is cheap and close; that block then starts the iteration on
-        # the whole support, which usually meets the tolerance at once.
-        n_head = _head_size(p, ids, eps, d)
-        start = None
-        if n_head < ids.numel():
-            start = top_eigen(op.head(n_head), d, k, tol=1e-2)[3][:, : k + _WARM_EXTRA]
-        lam, U, residual, _ = top_eigen(op, d, k, start=start)
-        # Directions F_S does not have (its rank is below k) would be VJPs of nothing.
-        keep = lam > lam[0] * 1e-12
-        lam, U = lam[keep], U[:, keep]
-        k = int(lam.numel())
-    # u is defined up to sign; fixed (positive sum) so that nearly equal distributions give
-    # nearly equal rows whatever sign the solver's last step happened to produce.
-    U = U * torch.where(U.sum(0) < 0, -1.0, 1.0)
-    rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
-    if n_probes == 0 or trace_support <= 0:
-        return rows, k, lam, residual
-    # r = (I − UUᵀ) A_Sᵀ s with random signs s: E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
-    # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
-    g = token_signs(n_probes, ids, W.shape[1], generator)
-    probes = op.rows_times(g.to(W.device))
-    probes = probes - (probes @ U) @ U.T
-    return torch.cat([rows, probes]), k, lam, residual
+        # Nothing returned may be a view of op.rows: they may live in the shared buffer.
+        op = _Support(W, p, wbar, ids, out=out)
+        d = W.shape[0]
+        k = min(rank, d, ids.numel()) if trace_support > 0 else 0
+        lam, residual = torch.zeros(0, dtype=torch.float64, device=W.device), 0.0
+        U = W.new_zeros((d, 0))
+        if k > 0:
+            # The eigen-directions are found first on the head of the support (the most
+            # probable rows), which is cheap and close; that block then starts the iteration on
+            # the whole support, which usually meets the tolerance at once.
+            n_head = _head_size(p, ids, eps, d)
+            start = None
+            if n_head < ids.numel():
+                start = top_eigen(op.head(n_head), d, k, tol=1e-2)[3][:, : k + _WARM_EXTRA]
+            lam, U, residual, _ = top_eigen(op, d, k, start=start)
+            # Directions F_S does not have (its rank is below k) would be VJPs of nothing.
+            keep = lam > lam[0] * 1e-12
+            lam, U = lam[keep], U[:, keep]
+            k = int(lam.numel())
+        # u is defined up to sign; fixed (positive sum) so that nearly equal distributions give
+        # nearly equal rows whatever sign the solver's last step happened to produce.
+        U = U * torch.where(U.sum(0) < 0, -1.0, 1.0)
+        rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
+        if n_probes == 0 or trace_support <= 0:
+            return rows, k, lam, residual
+        # r = (I − UUᵀ) A_Sᵀ s with random signs s: E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
+        # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
+        g = token_signs(n_probes, ids, W.shape[1], generator)
+        probes = op.rows_times(g.to(W.device))
+        probes = probes - (probes @ U) @ U.T
+        return torch.cat([rows, probes]), k, lam, residual
 
 
 _NORMS_CACHE: dict[tuple[Any, ...], Tensor] = {}
