@@ -34,12 +34,14 @@ PAIRS = [
 ]
 
 
-def cell(row: pd.Series, metric: str) -> str:
+def cell(row: pd.Series, metric: str, n_run: int) -> str:
     if metric not in row or pd.isna(row[metric]):
         return "–"
     # The interval on a line of its own, unbroken: a wrapped "[-1.36,\n-1.04]" misreads.
     low, high = row[f"{metric}_low"], row[f"{metric}_high"]
-    return f"**{row[metric]:.2f}**<br>[{low:.2f},\u00a0{high:.2f}]"
+    text = f"**{row[metric]:.2f}**<br>[{low:.2f},\u00a0{high:.2f}]"
+    # A method run on a subset of the passages (integrated gradients) says on how many.
+    return text if int(row["n"]) == n_run else f"{text}<br>(n\u00a0=\u00a0{int(row['n'])})"
 
 
 def metric_table(summaries: dict[str, pd.DataFrame], metric: str, paper: dict[str, float]) -> str:
@@ -47,12 +49,15 @@ def metric_table(summaries: dict[str, pd.DataFrame], metric: str, paper: dict[st
     head = ["method", *summaries, "paper, Llama-3.2-1B"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        cells = [cell(s.loc[m], metric) if m in s.index else "–" for s in summaries.values()]
+        cells = [
+            cell(s.loc[m], metric, int(s["n"].max())) if m in s.index else "–"
+            for s in summaries.values()
+        ]
         ref = paper.get(m)
         lines.append(
             f"| {m} | " + " | ".join(cells) + f" | {'' if ref is None else f'{ref:.3f}'} |"
         )
-    ns = [f"{int(s['n'].min())}" for s in summaries.values()]
+    ns = [f"{int(s['n'].max())}" for s in summaries.values()]
     lines.append("| *passages* | " + " | ".join(ns) + " | 1000 |")
     return "\n".join(lines)
 

@@ -45,13 +45,15 @@ def test_a_pair_stored_the_other_way_round_is_reported_as_a_minus_b():
     assert "-0.19 (p\u00a00.010)" in row  # attention more faithful: negative, from the AOPC row
 
 
-def test_every_run_shows_its_own_interval_and_the_fewest_passages(tmp_path):
+def test_every_run_shows_its_own_interval_and_a_method_on_fewer_passages_says_so(tmp_path):
     tables = load()
     s = pd.DataFrame(
         {"n": [26, 25], "aopc": [-1.0, -0.3], "aopc_low": [-1.2, -0.4], "aopc_high": [-0.8, -0.2]},
-        index=pd.Index(["semantic", "random"], name="method"),
+        index=pd.Index(["semantic", "integrated_gradients"], name="method"),
     )
     text = tables.metric_table({"A": s, "B": s * 2}, "aopc", {"semantic": -1.298})
     a, b = "**-1.00**<br>[-1.20,\u00a0-0.80]", "**-2.00**<br>[-2.40,\u00a0-1.60]"
     assert f"| semantic | {a} | {b} | -1.298 |" in text
-    assert "| *passages* | 25 | 50 | 1000 |" in text
+    assert "| *passages* | 26 | 52 | 1000 |" in text
+    subset = next(line for line in text.splitlines() if line.startswith("| integrated_gradients"))
+    assert "(n\u00a0=\u00a025)" in subset and "(n\u00a0=\u00a050)" in subset

@@ -125,9 +125,11 @@ def _rows_buffer(n: int, W: Tensor) -> Iterator[Tensor | None]:
 # Above this many entries the support's rows are not formed (see _Support).
 _ROWS_LIMIT = 1 << 24
 # Ritz vectors beyond the rank kept from the head's solve to start the whole support's
-# iteration: the start is already close, so a small block converges in a step or two, where
-# the head's full block (rank + 16) made every product on the whole support 3-4x dearer.
-_WARM_EXTRA = 8
+# iteration: the start is already close, so a small block converges in a step or two. A
+# product over the support costs in proportion to the block's width (it is bound by
+# arithmetic, not memory), and on bench_plans.py's distributions rank + 2 needed no more
+# products than rank + 8; rank + 1 once needed 17 at rank 8 (close eigenvalues).
+_WARM_EXTRA = 2
 
 
 @dataclass
@@ -268,8 +270,10 @@ class _Support:
         self.W, self.p, self.wbar, self.ids = W, p, wbar, ids
         self.sqrt_p = p[ids].sqrt()
         self.rows = rows
+        self.formed = ids.numel() if rows is not None else 0  # rows[:formed] are written
+        self._trace = torch.zeros((), dtype=torch.float64, device=W.device)
         if rows is None and ids.numel() * W.shape[0] <= _ROWS_LIMIT:
-            self.rows = candidate_rows(W, p, wbar, ids, out=out)
+            self.rows = out if out is not None else W.new_empty((ids.numel(), W.shape[0]))
         if self.rows is not None:
             return
         q = torch.zeros_like(p)
@@ -278,14 +282,48 @@ class _Support:
         self.m = W @ q  # Σ_S p_j w_j
         self.mass = q.sum()
 
+    def form(self, n: int, Q: Tensor | None = None) -> Tensor:
+        """Write the rows up to the ``n``-th, a block at a time, and return what those new
+        rows add to ``F_S Q`` (d × 0 without ``Q``). Gathering a block, centring and
+        scaling it, adding it to ``tr F_S`` and to the product all happen while the block
+        is in cache: one pass over the support's rows, where separate steps made four."""
+        assert self.rows is not None
+        if Q is None:
+            Q = self.rows.new_zeros((self.rows.shape[1], 0))
+        QT = Q.T.contiguous()
+        out = Q.new_zeros((Q.shape[1], self.rows.shape[1]))
+        for start in range(self.formed, n, _GRAM_BLOCK):
+            stop = min(start + _GRAM_BLOCK, n)
+            block = self.rows[start:stop]
+            got = candidate_rows(self.W, self.p, self.wbar, self.ids[start:stop], out=block)
+            if got.data_ptr() != block.data_ptr():
+                block.copy_(got)
+            # Row by row: one float32 norm over the whole block was off by 4e-5 (23.6k rows),
+            # a float64 copy of the block costs half the product.
+            self._trace += torch.linalg.vector_norm(block, dim=1).double().square().sum()
+            if QT.shape[0]:
+                out.addmm_(QT @ block.T, block)
+        self.formed = max(self.formed, n)
+        return out.T
+
+    @property
+    def trace(self) -> float:
+        """``tr F_S = ‖A_S‖²_F``, summed as the rows were formed (all of them by now)."""
+        self.form(self.ids.numel())
+        return float(self._trace)
+
     def head(self, n: int) -> _Support:
-        """The operator of the ``n`` most probable candidates (its rows a view of these)."""
-        rows = None if self.rows is None else self.rows[:n]
-        return _Support(self.W, self.p, self.wbar, self.ids[:n], rows)
+        """The operator of the ``n`` most probable candidates (its rows a view of these,
+        formed now if they were not yet)."""
+        if self.rows is None:
+            return _Support(self.W, self.p, self.wbar, self.ids[:n])
+        self.form(n)
+        return _Support(self.W, self.p, self.wbar, self.ids[:n], self.rows[:n])
 
     def gram(self, Q: Float[Tensor, "d b"]) -> Float[Tensor, "d b"]:
         """F_S Q."""
         if self.rows is not None:
+            self.form(self.ids.numel())
             # Σ over blocks of rows of A_bᵀ(A_b Q), each block read from memory once and
             # used twice while it is in cache, in the (QᵀA_bᵀ)A_b order that streams the
             # block in its own layout: half the memory traffic of two whole passes, and
@@ -302,6 +340,7 @@ class _Support:
     def rows_times(self, g: Float[Tensor, "n S"]) -> Float[Tensor, "n d"]:
         """``A_Sᵀ g_i`` for vectors ``g_i`` over the support (most probable first)."""
         if self.rows is not None:
+            self.form(self.ids.numel())
             return g @ self.rows
         return _masked_times(self.W, self.sqrt_p, self.wbar, self.ids, g)
 
@@ -312,6 +351,7 @@ def top_eigen(
     k: int,
     *,
     start: Tensor | None = None,
+    product: Tensor | None = None,
     oversample: int = 16,
     tol: float = 1e-4,
     max_iter: int = 30,
@@ -327,16 +367,22 @@ def top_eigen(
     SmolLM2 distributions, and never needed more (benchmarks/bench_plans.py). It stops when
     every kept Ritz pair's residual ``‖F_S u − θ u‖`` is below ``tol · θ₁``. The start block
     is drawn from a fixed seed, so the same distribution always gives the same directions.
-    Returns the Ritz values (largest first), the orthonormal vectors, the largest relative
-    residual, and the leading ``b`` Ritz vectors (a warm ``start`` for a larger support).
+    ``product``, if given, is ``F_S start`` for an orthonormal ``start`` (computed as the
+    rows were formed). Returns the Ritz values (largest first), the orthonormal vectors, the
+    largest relative residual, and the leading ``b`` Ritz vectors (a warm ``start`` for a
+    larger support).
     """
     if start is None:
         gen = torch.Generator().manual_seed(0)
         shape = (d, min(d, k + oversample))
         start = torch.randn(shape, generator=gen, dtype=torch.float32).to(op.wbar.device)
-    Q, _ = torch.linalg.qr(start)
+    if product is None:
+        Q, _ = torch.linalg.qr(start)
+        product = op.gram(Q)
+    else:
+        Q = start
     b = Q.shape[1]
-    theta, U, FU, worst = _rayleigh_ritz(Q, op.gram(Q), k)
+    theta, U, FU, worst = _rayleigh_ritz(Q, product, k)
     for _ in range(max_iter):
         if worst <= tol or b >= d:
             break
@@ -386,16 +432,16 @@ def _iterative_rows(
     rank: int,
     n_probes: int,
     eps: float,
-    trace_support: float,
+    col_sq: Tensor,
     generator: torch.Generator | None,
-) -> tuple[Tensor, int, Tensor, float]:
-    """(rows, n_exact, eigenvalues, residual) of principal (n_probes = 0) or sketch with the
-    matrix-free solver."""
+) -> tuple[Tensor, int, Tensor, float, float]:
+    """(rows, n_exact, eigenvalues, residual, tr F_S) of principal (n_probes = 0) or sketch
+    with the matrix-free solver."""
     with _rows_buffer(ids.numel(), W) as out:
         # Nothing returned may be a view of op.rows: they may live in the shared buffer.
         op = _Support(W, p, wbar, ids, out=out)
         d = W.shape[0]
-        k = min(rank, d, ids.numel()) if trace_support > 0 else 0
+        k = min(rank, d, ids.numel())
         lam, residual = torch.zeros(0, dtype=torch.float64, device=W.device), 0.0
         U = W.new_zeros((d, 0))
         if k > 0:
@@ -403,10 +449,19 @@ def _iterative_rows(
             # probable rows), which is cheap and close; that block then starts the iteration on
             # the whole support, which usually meets the tolerance at once.
             n_head = _head_size(p, ids, eps, d)
-            start = None
+            start, product = None, None
             if n_head < ids.numel():
-                start = top_eigen(op.head(n_head), d, k, tol=1e-2)[3][:, : k + _WARM_EXTRA]
-            lam, U, residual, _ = top_eigen(op, d, k, start=start)
+                head = op.head(n_head)
+                start = top_eigen(head, d, k, tol=1e-2)[3][:, : k + _WARM_EXTRA]
+                start, _ = torch.linalg.qr(start)
+                if op.rows is not None:  # the remaining rows formed with their product
+                    product = head.gram(start) + op.form(ids.numel(), start)
+            lam, U, residual, _ = top_eigen(op, d, k, start=start, product=product)
+        # The trace comes out of forming the rows; unformed, from one product with W.
+        trace_support = op.trace if op.rows is not None else _trace(W, p, wbar, ids, col_sq)
+        if trace_support <= 0:  # no spread: no direction, no probe
+            return W.new_zeros((0, d)), 0, lam[:0], 0.0, 0.0
+        if k > 0:
             # Directions F_S does not have (its rank is below k) would be VJPs of nothing.
             keep = lam > lam[0] * 1e-12
             lam, U = lam[keep], U[:, keep]
@@ -415,14 +470,23 @@ def _iterative_rows(
         # nearly equal rows whatever sign the solver's last step happened to produce.
         U = U * torch.where(U.sum(0) < 0, -1.0, 1.0)
         rows = (U * lam.sqrt().float()).T  # rows √θ_k u_kᵀ
-        if n_probes == 0 or trace_support <= 0:
-            return rows, k, lam, residual
+        if n_probes == 0:
+            return rows, k, lam, residual, trace_support
         # r = (I − UUᵀ) A_Sᵀ s with random signs s: E[r rᵀ] = (I − UUᵀ) F_S (I − UUᵀ)
         # = Σ_{k>rank} λ_k u_k u_kᵀ (for exact u_k).
         g = token_signs(n_probes, ids, W.shape[1], generator)
         probes = op.rows_times(g.to(W.device))
         probes = probes - (probes @ U) @ U.T
-        return torch.cat([rows, probes]), k, lam, residual
+        return torch.cat([rows, probes]), k, lam, residual, trace_support
+
+
+def _trace(W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, col_sq: Tensor) -> float:
+    """``tr F_S = Σ_{j∈S} p_j ‖w_j − w̄‖²`` without forming the support's rows: one product
+    over the whole vocabulary streams ``W`` in its own memory order, where gathering |S| of
+    its columns costs 15× more (SmolLM2, |S| = 15k: 17 ms against 252 ms on one thread)."""
+    proj = (wbar @ W)[ids]
+    dist_sq = col_sq[ids].double() - 2 * proj.double() + wbar.double().pow(2).sum()
+    return float((p[ids].double() * dist_sq).sum().clamp_min(0))
 
 
 _NORMS_CACHE: dict[tuple[Any, ...], Tensor] = {}
@@ -495,14 +559,24 @@ def plan(
     col_sq = _column_norms(W_U, W)
     trace_full = float((p.double() * col_sq.double()).sum() - wbar.double().pow(2).sum())
     ids = support(p, eps)
-    # Σ_{j∈S} p_j ‖w_j − w̄‖² without forming the |S| × d rows: one product over the whole
-    # vocabulary streams W in its own memory order, where gathering |S| of its columns
-    # costs 15× more (SmolLM2, |S| = 15k: 17 ms against 252 ms on one thread).
-    proj = (wbar @ W)[ids]
-    dist_sq = col_sq[ids].double() - 2 * proj.double() + wbar.double().pow(2).sum()
-    trace_support = float((p[ids].double() * dist_sq).sum().clamp_min(0))
     tail_mass = float(max(0.0, 1.0 - p[ids].double().sum().item()))
     support_ids, support_probs = ids.cpu(), p[ids].cpu()
+    d = W.shape[0]
+
+    if method != "exact" and solver == "iterative" and rank > 0:
+        rows, k, lam, residual, trace_support = _iterative_rows(
+            W,
+            p,
+            wbar,
+            ids,
+            rank=rank,
+            n_probes=n_probes if method == "sketch" else 0,
+            eps=eps,
+            col_sq=col_sq,
+            generator=generator,
+        )
+    else:
+        trace_support = _trace(W, p, wbar, ids, col_sq)
 
     def make(
         method: str, rows: Tensor, n_exact: int, per_candidate: bool, lam: Tensor | None
@@ -520,7 +594,10 @@ def plan(
             tail_mass,
         )
 
-    d = W.shape[0]
+    if method != "exact" and solver == "iterative" and rank > 0:
+        done = make(method, rows, k, False, lam)
+        done.residual = residual
+        return done
 
     if method == "sketch" and rank == 0:
         # Probes of the whole of F_S need no eigen-direction, so no solver: r = A_Sᵀ s.
@@ -528,22 +605,6 @@ def plan(
             return make("sketch", W.new_zeros((0, d)), 0, False, None)
         signs = token_signs(n_probes, ids, W.shape[1], generator).to(W.device)
         return make("sketch", _support_times(W, p, wbar, ids, signs), 0, False, None)
-
-    if method != "exact" and solver == "iterative":
-        rows, k, lam, residual = _iterative_rows(
-            W,
-            p,
-            wbar,
-            ids,
-            rank=rank,
-            n_probes=n_probes if method == "sketch" else 0,
-            eps=eps,
-            trace_support=trace_support,
-            generator=generator,
-        )
-        done = make(method, rows, k, False, lam)
-        done.residual = residual
-        return done
 
     if method == "exact" and (decompose or ids.numel() <= d):
         cand = candidate_rows(W, p, wbar, ids)
