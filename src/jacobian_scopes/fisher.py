@@ -59,8 +59,8 @@ METHODS: tuple[str, ...] = ("exact", "principal", "sketch")
 Solver = Literal["gram", "iterative"]
 SOLVERS: tuple[str, ...] = ("gram", "iterative")
 #: The eigen-solver of ``principal`` and ``sketch`` when ``plan`` is given none. Both give
-#: the same eigen-directions to ``tol``; the iterative one costs half the Gram's on SmolLM2
-#: (d = 576: 97 against 203 ms a rank-1 plan on one thread, benchmarks/bench_plans.py) and
+#: the same eigen-directions to ``tol``; the iterative one costs a quarter of the Gram's on
+#: SmolLM2 (d = 576: 33 against 128 ms a rank-1 plan on one thread, bench_plans.py) and
 #: needs no d × d matrix at d = 2048-4096 (bench_gpu.py ``--solver`` compares them there).
 DEFAULT_SOLVER: Solver = "iterative"
 
@@ -126,9 +126,9 @@ def _rows_buffer(n: int, W: Tensor) -> Iterator[Tensor | None]:
 _ROWS_LIMIT = 1 << 24
 # Ritz vectors beyond the rank kept from the head's solve to start the whole support's
 # iteration: the start is already close, so a small block converges in a step or two. A
-# product over the support costs in proportion to the block's width (it is bound by
-# arithmetic, not memory), and on bench_plans.py's distributions rank + 2 needed no more
-# products than rank + 8; rank + 1 once needed 17 at rank 8 (close eigenvalues).
+# narrower block makes each product over the support a little cheaper (11 against 13 ms,
+# docs/speed.md), and on bench_plans.py's distributions rank + 2 needed no more products
+# than rank + 8; rank + 1 once needed 17 at rank 8 (close eigenvalues).
 _WARM_EXTRA = 2
 
 
