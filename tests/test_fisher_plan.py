@@ -275,6 +275,20 @@ def test_probes_without_eigen_directions_are_the_support_rows_under_random_signs
     torch.testing.assert_close(plan.rows, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_probes", [1, 4])
+def test_a_probe_only_plan_reports_the_supports_trace_and_the_whole_one(n_probes):
+    # Without eigen-directions tr F_S comes out of the pass over W that makes the probes
+    # (from Σ_S p_j w_j), not from the support's rows: both traces against float64.
+    W, p = _unembedding(V=5000)
+    ids = fisher.support(p, 1e-3)
+    Wd, pd_ = W.double(), p.double()
+    A = fisher.candidate_rows(Wd, pd_, Wd @ pd_, ids)
+    plan = fisher.plan(W, p, n_probes=n_probes, generator=torch.Generator().manual_seed(0))
+    assert plan.trace_support == pytest.approx(float(A.pow(2).sum()), rel=1e-6)
+    whole = float((pd_ * Wd.pow(2).sum(0)).sum() - (Wd @ pd_).pow(2).sum())
+    assert plan.trace_full == pytest.approx(whole, rel=1e-5)
+
+
 def test_the_default_is_one_probe_and_no_eigen_direction(tiny):
     W, p = _unembedding(d=16, V=400)
     plan = fisher.plan(W, p)
