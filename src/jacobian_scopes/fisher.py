@@ -492,6 +492,35 @@ def _trace(W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, col_sq: Tensor) -> f
     return float((p[ids].double() * dist_sq).sum().clamp_min(0))
 
 
+def _probes_in_one_pass(
+    W: Tensor,
+    p: Tensor,
+    ids: Tensor,
+    col_sq: Tensor,
+    n_probes: int,
+    generator: torch.Generator | None,
+) -> tuple[Float[Tensor, " d"], Float[Tensor, "n d"], float]:
+    """(w̄, probes, tr F_S) of a sketch without eigen-directions, from one pass over ``W``.
+
+    The probes of the whole of F_S need no solver: ``r = A_Sᵀ s = W x − (Σ_S s_j √p_j) w̄``
+    with ``x = s √p`` on the support. ``w̄ = W p``, ``Σ_S p_j w_j`` (for ``tr F_S``) and
+    ``W x`` come out of one blocked pass together, where each was a pass of its own."""
+    signs = token_signs(n_probes, ids, W.shape[1], generator).to(W.device)
+    sqrt_p = p[ids].sqrt()
+    x = W.new_zeros((W.shape[1], 2 + n_probes))
+    x[:, 0] = p
+    x[ids, 1] = p[ids]
+    x[ids, 2:] = sqrt_p[:, None] * signs.T
+    wbar, mean_s, Wx = _vocab_times(W, x).split([1, 1, n_probes])
+    wbar, mean_s = wbar[0], mean_s[0]
+    probes = Wx - torch.outer(signs @ sqrt_p, wbar)
+    # Σ_S p_j ‖w_j − w̄‖² = Σ_S p_j ‖w_j‖² − 2 w̄·Σ_S p_j w_j + (Σ_S p_j) ‖w̄‖²
+    wd, pd = wbar.double(), p[ids].double()
+    trace = (pd * col_sq[ids].double()).sum() - 2 * (wd @ mean_s.double())
+    trace = trace + pd.sum() * wd.pow(2).sum()
+    return wbar, probes, float(trace.clamp_min(0))
+
+
 _NORMS_CACHE: dict[tuple[Any, ...], Tensor] = {}
 
 
@@ -565,32 +594,13 @@ def plan(
     support_ids, support_probs = ids.cpu(), p[ids].cpu()
     probes = None
     if method == "sketch" and rank == 0 and n_probes * V <= ids.numel() * d:
-        # Probes of the whole of F_S need no eigen-direction, so no solver: r = A_Sᵀ s
-        # = W x − (Σ_S s_j √p_j) w̄ with x = s √p on the support. w̄ = W p, tr F_S (from
-        # Σ_S p_j w_j) and W x are one pass over W together, where each took its own.
-        signs = token_signs(n_probes, ids, V, generator).to(W.device)
-        sqrt_p = p[ids].sqrt()
-        x = W.new_zeros((V, 2 + n_probes))
-        x[:, 0] = p
-        x[ids, 1] = p[ids]
-        x[ids, 2:] = sqrt_p[:, None] * signs.T
-        wbar, mean_s, Wx = _vocab_times(W, x).split([1, 1, n_probes])
-        wbar, mean_s = wbar[0], mean_s[0]
-        probes = Wx - torch.outer(signs @ sqrt_p, wbar)
-        # Σ_S p_j ‖w_j − w̄‖² = Σ_S p_j ‖w_j‖² − 2 w̄·Σ_S p_j w_j + (Σ_S p_j) ‖w̄‖²
-        wd = wbar.double()
-        trace_support = float(
-            (
-                (p[ids].double() * col_sq[ids].double()).sum()
-                - 2 * (wd @ mean_s.double())
-                + p[ids].double().sum() * wd.pow(2).sum()
-            ).clamp_min(0)
-        )
+        wbar, probes, trace_support = _probes_in_one_pass(W, p, ids, col_sq, n_probes, generator)
     else:
         wbar = W @ p
     trace_full = float((p.double() * col_sq.double()).sum() - wbar.double().pow(2).sum())
 
-    if method != "exact" and solver == "iterative" and rank > 0:
+    iterative = method != "exact" and solver == "iterative" and rank > 0
+    if iterative:
         rows, k, lam, residual, trace_support = _iterative_rows(
             W,
             p,
@@ -621,7 +631,7 @@ def plan(
             tail_mass,
         )
 
-    if method != "exact" and solver == "iterative" and rank > 0:
+    if iterative:
         done = make(method, rows, k, False, lam)
         done.residual = residual
         return done
