@@ -80,7 +80,10 @@ def pair_table(comparisons: dict[str, pd.DataFrame]) -> str:
             pv = r["p_value"]
             # no-break spaces: "p <" on one line and "0.001" on the next misreads
             pv_text = "p\u00a0<\u00a00.001" if pv < 0.001 else f"p\u00a0{pv:.3f}"
-            cells.append(f"{sign * r['mean_difference']:+.2f} ({pv_text})")
+            diff = sign * r["mean_difference"]
+            # A difference that rounds to zero has no sign to show ("-0.00" reads as a lead).
+            text = "0.00" if round(diff, 2) == 0 else f"{diff:+.2f}"
+            cells.append(f"{text} ({pv_text})")
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

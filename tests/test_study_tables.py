@@ -57,3 +57,24 @@ def test_every_run_shows_its_own_interval_and_a_method_on_fewer_passages_says_so
     assert "| *passages* | 26 | 52 | 1000 |" in text
     subset = next(line for line in text.splitlines() if line.startswith("| integrated_gradients"))
     assert "(n\u00a0=\u00a025)" in subset and "(n\u00a0=\u00a050)" in subset
+
+
+def test_a_difference_that_rounds_to_zero_shows_no_sign():
+    tables = load()
+    stored = pd.DataFrame(
+        [
+            {
+                "metric": "aopc",
+                "a": "fisher",
+                "b": "semantic",
+                "mean_difference": -0.001,
+                "p_value": 0.93,
+            }
+        ]
+    )
+    row = next(
+        line
+        for line in tables.pair_table({"run": stored}).splitlines()
+        if line.startswith("| fisher − semantic")
+    )
+    assert "| 0.00 (p\u00a00.930) |" in row
