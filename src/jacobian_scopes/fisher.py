@@ -460,8 +460,9 @@ def _iterative_rows(
                 if op.rows is not None:  # the remaining rows formed with their product
                     product = head.gram(start) + op.form(ids.numel(), start)
             lam, U, residual, _ = top_eigen(op, d, k, start=start, product=product)
-        # The trace comes out of forming the rows; unformed, from one product with W.
-        trace_support = op.trace if op.rows is not None else _trace(W, p, wbar, ids, col_sq)
+        # The trace comes out of forming the rows, or, unformed, of the operator's own
+        # Σ_S p_j w_j.
+        trace_support = op.trace if op.rows is not None else _trace(p, ids, col_sq, wbar, op.m)
         if trace_support <= 0:  # no spread: no direction, no probe
             return W.new_zeros((0, d)), 0, lam[:0], 0.0, 0.0
         if k > 0:
@@ -483,13 +484,21 @@ def _iterative_rows(
         return torch.cat([rows, probes]), k, lam, residual, trace_support
 
 
-def _trace(W: Tensor, p: Tensor, wbar: Tensor, ids: Tensor, col_sq: Tensor) -> float:
-    """``tr F_S = Σ_{j∈S} p_j ‖w_j − w̄‖²`` without forming the support's rows: one product
-    over the whole vocabulary streams ``W`` in its own memory order, where gathering |S| of
-    its columns costs 15× more (SmolLM2, |S| = 15k: 17 ms against 252 ms on one thread)."""
-    proj = (wbar @ W)[ids]
-    dist_sq = col_sq[ids].double() - 2 * proj.double() + wbar.double().pow(2).sum()
-    return float((p[ids].double() * dist_sq).sum().clamp_min(0))
+def _trace(p: Tensor, ids: Tensor, col_sq: Tensor, wbar: Tensor, mean_s: Tensor) -> float:
+    """``tr F_S = Σ_{j∈S} p_j ‖w_j − w̄‖²`` without forming the support's rows, from
+    ``mean_s = Σ_S p_j w_j`` (one product with ``W`` over the whole vocabulary, which streams
+    it in its own memory order, where gathering |S| of its columns costs 15× more):
+    ``Σ_S p_j ‖w_j‖² − 2 w̄·Σ_S p_j w_j + (Σ_S p_j) ‖w̄‖²``."""
+    wd, pd = wbar.double(), p[ids].double()
+    trace = (pd * col_sq[ids].double()).sum() - 2 * (wd @ mean_s.double())
+    return float((trace + pd.sum() * wd.pow(2).sum()).clamp_min(0))
+
+
+def _support_mean(W: Tensor, p: Tensor, ids: Tensor) -> Float[Tensor, " d"]:
+    """``Σ_{j∈S} p_j w_j``: one product with the whole of ``W``, ``p`` masked to the support."""
+    q = torch.zeros_like(p)
+    q[ids] = p[ids]
+    return W @ q
 
 
 def _probes_in_one_pass(
@@ -514,11 +523,7 @@ def _probes_in_one_pass(
     wbar, mean_s, Wx = _vocab_times(W, x).split([1, 1, n_probes])
     wbar, mean_s = wbar[0], mean_s[0]
     probes = Wx - torch.outer(signs @ sqrt_p, wbar)
-    # Σ_S p_j ‖w_j − w̄‖² = Σ_S p_j ‖w_j‖² − 2 w̄·Σ_S p_j w_j + (Σ_S p_j) ‖w̄‖²
-    wd, pd = wbar.double(), p[ids].double()
-    trace = (pd * col_sq[ids].double()).sum() - 2 * (wd @ mean_s.double())
-    trace = trace + pd.sum() * wd.pow(2).sum()
-    return wbar, probes, float(trace.clamp_min(0))
+    return wbar, probes, _trace(p, ids, col_sq, wbar, mean_s)
 
 
 _NORMS_CACHE: dict[tuple[Any, ...], Tensor] = {}
@@ -613,7 +618,7 @@ def plan(
             generator=generator,
         )
     elif probes is None:
-        trace_support = _trace(W, p, wbar, ids, col_sq)
+        trace_support = _trace(p, ids, col_sq, wbar, _support_mean(W, p, ids))
 
     def make(
         method: str, rows: Tensor, n_exact: int, per_candidate: bool, lam: Tensor | None
