@@ -19,30 +19,25 @@ def load():
     return study_tables
 
 
+def comparison(a: str, b: str, difference: float, p: float, metric: str = "aopc") -> dict:
+    """One row as Evaluation.compare writes it: a − b."""
+    return {"metric": metric, "a": a, "b": b, "mean_difference": difference, "p_value": p}
+
+
+def row(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
 def test_a_pair_stored_the_other_way_round_is_reported_as_a_minus_b():
     tables = load()
     stored = pd.DataFrame(
         [
-            # as Evaluation.compare writes it: semantic − attention_last
-            {
-                "metric": "aopc",
-                "a": "semantic",
-                "b": "attention_last",
-                "mean_difference": 0.19,
-                "p_value": 0.01,
-            },
-            {
-                "metric": "loo_spearman",
-                "a": "attention_last",
-                "b": "semantic",
-                "mean_difference": 0.5,
-                "p_value": 0.5,
-            },
+            comparison("semantic", "attention_last", 0.19, 0.01),
+            comparison("attention_last", "semantic", 0.5, 0.5, metric="loo_spearman"),
         ]
     )
-    text = tables.pair_table({"run": stored})
-    row = next(line for line in text.splitlines() if line.startswith("| attention_last − semantic"))
-    assert "-0.19 (p\u00a00.010)" in row  # attention more faithful: negative, from the AOPC row
+    line = row(tables.pair_table({"run": stored}), "| attention_last − semantic")
+    assert "-0.19 (p\u00a00.010)" in line  # attention more faithful: negative, from the AOPC row
 
 
 def test_every_run_shows_its_own_interval_and_a_method_on_fewer_passages_says_so(tmp_path):
@@ -55,26 +50,12 @@ def test_every_run_shows_its_own_interval_and_a_method_on_fewer_passages_says_so
     a, b = "**-1.00**<br>[-1.20,\u00a0-0.80]", "**-2.00**<br>[-2.40,\u00a0-1.60]"
     assert f"| semantic | {a} | {b} | -1.298 |" in text
     assert "| *passages* | 26 | 52 | 1000 |" in text
-    subset = next(line for line in text.splitlines() if line.startswith("| integrated_gradients"))
+    subset = row(text, "| integrated_gradients")
     assert "(n\u00a0=\u00a025)" in subset and "(n\u00a0=\u00a050)" in subset
 
 
 def test_a_difference_that_rounds_to_zero_shows_no_sign():
     tables = load()
-    stored = pd.DataFrame(
-        [
-            {
-                "metric": "aopc",
-                "a": "fisher",
-                "b": "semantic",
-                "mean_difference": -0.001,
-                "p_value": 0.93,
-            }
-        ]
-    )
-    row = next(
-        line
-        for line in tables.pair_table({"run": stored}).splitlines()
-        if line.startswith("| fisher − semantic")
-    )
-    assert "| 0.00 (p\u00a00.930) |" in row
+    stored = pd.DataFrame([comparison("fisher", "semantic", -0.001, 0.93)])
+    line = row(tables.pair_table({"run": stored}), "| fisher − semantic")
+    assert "| 0.00 (p\u00a00.930) |" in line
