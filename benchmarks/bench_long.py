@@ -5,14 +5,14 @@
                                     [--layers N] [--check-equal 512] [--out reports/bench_long]
 
 By default (``--attention auto``) the Bridge's attention runs on PyTorch's SDPA, which
-keeps no attention pattern: memory grows linearly with the prompt length, and blocks are
-checkpointed only when the other activations would exceed ~3 GiB (SmolLM2: above ~2.5k
-tokens). ``--attention eager`` measures the eager path, which keeps ``heads × pos²``
-values per layer for the backward pass (SmolLM2 at 8k tokens: ~140 GB over its 30 layers);
-with block checkpointing (automatic above ~1 GiB of patterns) only one block's attention
-is alive at a time. ``--floor`` also measures the floor at each length: Hugging Face
-SmolLM2 with SDPA, forward to the final hidden state and backward to the input embeddings
-only, parameters frozen. ``--layers N`` keeps the first N blocks of SmolLM2 (same width
+keeps no attention pattern: memory grows linearly with the prompt length, and the fewest
+blocks are checkpointed that keep the other activations within ~3 GiB (SmolLM2: none up to
+~2.5k tokens, 12 of 30 at 4k, 21 at 8k). ``--attention eager`` measures the eager path,
+which keeps ``heads × pos²`` values per layer for the backward pass (SmolLM2 at 8k tokens:
+~140 GB over its 30 layers); checkpointed blocks (enough to keep ~1 GiB of patterns)
+hold one block's attention at a time. ``--floor`` also measures the floor at each length:
+Hugging Face SmolLM2 with SDPA, forward to the final hidden state and backward to the input
+embeddings only, parameters frozen. ``--layers N`` keeps the first N blocks of SmolLM2 (same width
 and heads) to measure per-block peaks at lengths whose full-depth run would take too long
 on two cores. Each measurement runs in a fresh process (memory kept by the allocator
 from an earlier run would hide part of the next one's growth), and is skipped when a
@@ -35,7 +35,7 @@ import jacobian_scopes as js
 from common import fmt_bytes, peak_rss_delta
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import attention_path
-from jacobian_scopes.engine import activation_bytes, attention_bytes, wants_checkpoint
+from jacobian_scopes.checkpointing import activation_bytes, attention_bytes, blocks_to_checkpoint
 from jacobian_scopes.eval.passages import LAMBADA_200
 
 
@@ -70,21 +70,20 @@ def available_bytes() -> int:
     return info["MemAvailable"]
 
 
-def estimate(adapter: ModelAdapter, n: int, checkpoint: bool, path: str = "eager") -> int:
-    """A deliberately high guess of the peak: all patterns (plain, eager), or one block's
-    attention intermediates (scores, softmax, their gradients: ~5 copies; 3.7 measured) plus the
-    saved block inputs (checkpointed); the other activations (SDPA); the logits over the
-    vocabulary in every case."""
+def estimate(adapter: ModelAdapter, n: int, blocks: int, path: str = "eager") -> int:
+    """A deliberately high guess of the peak with the first ``blocks`` blocks checkpointed:
+    the patterns (eager) and other activations of the blocks that are not, one block's
+    attention intermediates (scores, softmax, their gradients: ~5 copies; 3.7 measured) and
+    the saved block inputs (if any is); the logits over the vocabulary in every case."""
     logits = 2 * n * adapter.d_vocab * 4  # the logits at every position, and a softmax
-    saved = 4 * adapter.n_layers * n * adapter.d_model * 4  # the blocks' inputs, and more
+    saved = 4 * adapter.n_layers * n * adapter.d_model * 4 if blocks else 0  # inputs, and more
     per_layer = attention_bytes(adapter, (1, n)) // adapter.n_layers // 2  # one copy
+    one_block = activation_bytes(adapter, (1, n)) // adapter.n_layers
+    kept = (adapter.n_layers - blocks) * one_block + (2 * one_block if blocks else 0)
     if path == "sdpa":
-        one_block = activation_bytes(adapter, (1, n)) // adapter.n_layers
-        kept = 2 * one_block + saved if checkpoint else activation_bytes(adapter, (1, n))
-        return int(1.5 * kept) + logits + (1 << 30)
-    if not checkpoint:
-        return int(1.5 * attention_bytes(adapter, (1, n))) + logits + (1 << 30)
-    return 5 * per_layer + saved + logits + (1 << 30)
+        return int(1.5 * (kept + saved)) + logits + (1 << 30)
+    patterns = 3 * (adapter.n_layers - blocks) * per_layer + (5 * per_layer if blocks else 0)
+    return patterns + kept + saved + logits + (1 << 30)
 
 
 def prompt_tokens(model, n: int) -> torch.Tensor:
@@ -175,7 +174,8 @@ def main() -> None:
             )
         print(
             f"{n} tokens: {row['seconds']:.1f} s, peak +{fmt_bytes(row['peak'])} "
-            f"({row['attention']} attention, checkpoint {row['checkpoint']}{ratio})",
+            f"({row['attention']} attention, {row['checkpointed_blocks']} of {row['blocks']} "
+            f"blocks checkpointed{ratio})",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,10 @@ def measure(layers: int | None, n: int, checkpoint: str, attention: str = "auto"
     target = model.to_single_token(" the")
     flag = {"auto": None, "on": True, "off": False}[checkpoint]
     path = attention_path(adapter, [], attention)  # type: ignore[arg-type]
-    used = wants_checkpoint(adapter, (1, n), path) if flag is None else flag
+    if flag is None:
+        used = blocks_to_checkpoint(adapter, (1, n), path)
+    else:
+        used = adapter.n_layers if flag else 0
     guess = estimate(adapter, n, used, path)
     if guess > available_bytes() - (2 << 30):
         return {"tokens": n, "skipped": True, "estimate": guess}
@@ -209,7 +212,8 @@ def measure(layers: int | None, n: int, checkpoint: str, attention: str = "auto"
     return {
         "tokens": n,
         "attention": path,
-        "checkpoint": used,
+        "checkpointed_blocks": used,
+        "blocks": adapter.n_layers,
         "seconds": time.perf_counter() - start,
         "peak": peak,
         "estimate": guess,

@@ -9,7 +9,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import engine
+from jacobian_scopes import checkpointing, engine
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import attention_path, sdpa_attention
 from jacobian_scopes.guard import model_fingerprint
@@ -286,12 +286,14 @@ def test_other_model_classes_and_architectures_keep_eager_attention(sdpa_calls, 
 def test_checkpointing_on_sdpa_depends_on_the_linear_activations_only(llama, monkeypatch):
     adapter = ModelAdapter(llama)
     toks = helpers.tokens(6)[None]
-    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_ABOVE_BYTES", 0)
     assert engine.Trace(adapter, toks, sources=[]).attention == "sdpa"
     assert not engine.Trace(adapter, toks, sources=[]).checkpoint
     assert engine.Trace(adapter, toks, sources=[], attention="eager").checkpoint
     monkeypatch.setattr(
-        engine, "ACTIVATIONS_ABOVE_BYTES", engine.activation_bytes(adapter, toks.shape) - 1
+        checkpointing,
+        "ACTIVATIONS_ABOVE_BYTES",
+        checkpointing.activation_bytes(adapter, toks.shape) - 1,
     )
     assert engine.Trace(adapter, toks, sources=[]).checkpoint
 

@@ -11,7 +11,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import engine
+from jacobian_scopes import checkpointing, engine
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.guard import model_fingerprint
 from test_model_unchanged import assert_same, user_state
@@ -83,8 +83,9 @@ def test_automatic_checkpointing_warns_when_the_user_gives_hooks(tiny, monkeypat
     model, _, _ = tiny
     toks = helpers.tokens(8)
     hooks = [("blocks.0.hook_resid_post", lambda x, hook: None)]
-    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
-    monkeypatch.setattr(engine, "ACTIVATIONS_ABOVE_BYTES", 0)  # the SDPA path has no patterns
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_ABOVE_BYTES", 0)
+    # the SDPA path has no patterns
+    monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", 0)
     with pytest.warns(UserWarning, match="checkpoint=False"):
         js.semantic_scope(model, toks, 11, fwd_hooks=hooks)
     with warnings.catch_warnings():
@@ -99,11 +100,40 @@ def test_checkpointing_turns_itself_on_above_the_threshold(tiny, monkeypatch):
     toks = helpers.tokens(6)[None]
     eager = {"sources": [], "attention": "eager"}  # SDPA keeps no patterns at all
     assert not engine.Trace(adapter, toks, **eager).checkpoint
-    need = engine.attention_bytes(adapter, toks.shape)
+    need = checkpointing.attention_bytes(adapter, toks.shape)
     assert need == 2 * helpers.N_LAYERS * helpers.N_HEADS * 36 * 4
-    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", need - 1)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_ABOVE_BYTES", need - 1)
     assert engine.Trace(adapter, toks, **eager).checkpoint
     assert not engine.Trace(adapter, toks, checkpoint=False, **eager).checkpoint
+
+
+def test_past_the_budget_only_the_blocks_that_do_not_fit_are_recomputed(tiny, monkeypatch):
+    model, _, _ = tiny
+    adapter = ModelAdapter(model)
+    toks = helpers.tokens(6)[None]
+    one_block = checkpointing.activation_bytes(adapter, toks.shape) // helpers.N_LAYERS
+    monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", one_block)
+    assert checkpointing.blocks_to_checkpoint(adapter, toks.shape, "sdpa") == helpers.N_LAYERS - 1
+    layers = {"sources": ["blocks.1.hook_resid_pre"]}  # through the Bridge's own blocks
+    with engine.Trace(adapter, toks, **layers) as tr:
+        assert tr.checkpoint and tr.checkpoint_blocks == helpers.N_LAYERS - 1
+        wrapped = ["forward" in block.__dict__ for block in model.blocks]
+    assert wrapped == [True] * (helpers.N_LAYERS - 1) + [False]
+    with engine.Trace(adapter, toks, checkpoint=True, **layers) as tr:
+        assert tr.checkpoint_blocks == helpers.N_LAYERS
+    monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", 0)
+    assert checkpointing.blocks_to_checkpoint(adapter, toks.shape, "sdpa") == helpers.N_LAYERS
+
+
+def test_partly_checkpointed_scores_equal_the_plain_ones(tiny, monkeypatch):
+    model, _, _ = tiny
+    toks = helpers.tokens(12, seed=5)
+    plain = js.semantic_scope(model, toks, 11, sources="resid_pre", checkpoint=False)
+    adapter = ModelAdapter(model)
+    one_block = checkpointing.activation_bytes(adapter, toks[None].shape) // helpers.N_LAYERS
+    monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", one_block)
+    part = js.semantic_scope(model, toks, 11, sources="resid_pre")
+    torch.testing.assert_close(part.scores, plain.scores, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -113,20 +143,20 @@ def test_on_a_gpu_checkpointing_turns_on_only_past_half_the_free_memory(
     model, _, _ = tiny
     adapter = ModelAdapter(model)
     toks = helpers.tokens(6)[None]
-    keeps = engine.activation_bytes(adapter, toks.shape)
+    keeps = checkpointing.activation_bytes(adapter, toks.shape)
     if attention == "eager":
-        keeps += engine.attention_bytes(adapter, toks.shape)
+        keeps += checkpointing.attention_bytes(adapter, toks.shape)
     # the CPU thresholds would checkpoint; a GPU with room enough does not
-    monkeypatch.setattr(engine, "CHECKPOINT_ABOVE_BYTES", 0)
-    monkeypatch.setattr(engine, "ACTIVATIONS_ABOVE_BYTES", 0)
-    monkeypatch.setattr(engine, "free_device_bytes", lambda device: 2 * keeps)
-    assert not engine.wants_checkpoint(adapter, toks.shape, attention)
-    monkeypatch.setattr(engine, "free_device_bytes", lambda device: 2 * keeps - 2)
-    assert engine.wants_checkpoint(adapter, toks.shape, attention)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_ABOVE_BYTES", 0)
+    monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", 0)
+    monkeypatch.setattr(checkpointing, "free_device_bytes", lambda device: 2 * keeps)
+    assert not checkpointing.wants_checkpoint(adapter, toks.shape, attention)
+    monkeypatch.setattr(checkpointing, "free_device_bytes", lambda device: 2 * keeps - 2)
+    assert checkpointing.wants_checkpoint(adapter, toks.shape, attention)
 
 
 def test_free_device_bytes_is_none_off_cuda():
-    assert engine.free_device_bytes(torch.device("cpu")) is None
+    assert checkpointing.free_device_bytes(torch.device("cpu")) is None
 
 
 def test_model_is_unchanged_after_checkpointed_calls_and_failures(tiny):

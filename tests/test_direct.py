@@ -12,7 +12,7 @@ import torch
 
 import helpers
 import jacobian_scopes as js
-from jacobian_scopes import direct, sdpa
+from jacobian_scopes import checkpointing, direct, sdpa
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.engine import Trace
 from jacobian_scopes.guard import model_fingerprint
@@ -78,10 +78,12 @@ def test_the_direct_path_gives_the_bridges_scores_for_a_padded_batch(llama):
 @pytest.mark.parametrize("scope", ["semantic", "fisher"])
 def test_the_direct_path_gives_the_bridges_generation_attribution(llama, scope):
     direct_result = js.generate_scope(llama, helpers.tokens(5), 3, scope, stop_at_eos=False)
-    # Checkpointed blocks run through the Bridge (same numbers, recomputed in the backward).
-    bridge_result = js.generate_scope(
-        llama, helpers.tokens(5), 3, scope, stop_at_eos=False, checkpoint=True
-    )
+    # A hook left on the model (one that changes nothing) keeps the call on the Bridge.
+    llama.add_hook(*THROUGH_BRIDGE[0])
+    try:
+        bridge_result = js.generate_scope(llama, helpers.tokens(5), 3, scope, stop_at_eos=False)
+    finally:
+        llama.reset_hooks()
     assert direct_result.generated_tokens == bridge_result.generated_tokens
     torch.testing.assert_close(
         direct_result.scores, bridge_result.scores, rtol=1e-5, atol=1e-6, equal_nan=True
@@ -98,6 +100,40 @@ def test_gemma3s_sliding_window_layers_give_the_bridges_scores_on_the_direct_pat
     with trace_of(model) as tr:
         assert tr.direct
     assert_same_result(CALLS[call](model, tokens), CALLS[call](model, tokens, attention="eager"))
+
+
+@pytest.mark.parametrize("checkpoint", [True, None])
+def test_the_direct_path_recomputes_its_own_layers_when_checkpointed(
+    llama, monkeypatch, checkpoint
+):
+    tokens = helpers.tokens(8)
+    plain = js.semantic_scope(llama, tokens, 11, checkpoint=False)
+    if checkpoint is None:  # the budget leaves room for every layer but the first
+        adapter = ModelAdapter(llama)
+        keeps = checkpointing.activation_bytes(adapter, tokens[None].shape)
+        monkeypatch.setattr(checkpointing, "ACTIVATIONS_ABOVE_BYTES", keeps - 1)
+    with trace_of(llama, checkpoint=checkpoint) as tr:
+        assert tr.direct
+    layers = direct.twin(llama).base_model.layers
+    runs = [0] * len(layers)
+
+    def count(i):
+        def hook(module, args):
+            runs[i] += 1
+
+        return hook
+
+    # On a submodule: the recomputation calls the layer's own forward, past its hooks.
+    handles = [layer.mlp.register_forward_pre_hook(count(i)) for i, layer in enumerate(layers)]
+    try:
+        ckpt = js.semantic_scope(llama, tokens, 11, checkpoint=checkpoint)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Each recomputed layer ran twice in the scope: once forward, once in the backward pass.
+    recomputed = len(layers) if checkpoint else 1
+    assert runs == [2] * recomputed + [1] * (len(layers) - recomputed)
+    assert_same_result(ckpt, plain)
 
 
 def test_logits_read_on_the_direct_path_are_the_bridges(llama):
@@ -120,7 +156,6 @@ def test_logits_read_on_the_direct_path_are_the_bridges(llama):
         ({"sources": ["hook_embed", "blocks.1.hook_resid_pre"]}, "a source other than"),
         ({"at": "blocks.1.hook_resid_post"}, "an explanandum other than the final state"),
         ({"attention": "eager"}, "eager attention"),
-        ({"checkpoint": True}, "checkpointed blocks"),
     ],
 )
 def test_a_trace_that_needs_the_bridge_runs_through_it(llama, kwargs, reason):

@@ -220,10 +220,16 @@ def _lock_is_free(model) -> bool:
 
 def _state(model):
     """The fingerprint, plus what the SDPA path and checkpointing change."""
+    from jacobian_scopes import direct
     from jacobian_scopes.attention import _attention_bridges, _configs
 
     bridge = hasattr(model, "original_model")
+    twin = direct._TWINS.get(model) if bridge else None
     return {
+        # The direct path's own layers, wrapped while it recomputes them (the twin is
+        # built at a model's first call, so only a wrapped layer counts).
+        "twin layers wrapped": twin is not None
+        and any("forward" in m.__dict__ for m in twin[1].base_model.layers),
         **{k: v for k, v in model_fingerprint(model).items() if k != "grads"},
         "forwards": [
             "forward" in m.__dict__
@@ -424,10 +430,10 @@ def test_finish_runs_an_interrupted_restore_again_and_raises_the_interrupt_after
 
 
 def test_an_interrupt_while_checkpointing_is_undone_leaves_every_block_plain(monkeypatch):
-    from jacobian_scopes import engine
+    from jacobian_scopes import checkpointing
 
     model = helpers.make_model(helpers.model_kinds()[0], "llama")
-    put_back = engine._put_back_forward
+    put_back = checkpointing._put_back_forward
     calls = []
 
     def interrupted_once(block, own):
@@ -436,8 +442,8 @@ def test_an_interrupt_while_checkpointing_is_undone_leaves_every_block_plain(mon
             raise KeyboardInterrupt
         put_back(block, own)
 
-    monkeypatch.setattr(engine, "_put_back_forward", interrupted_once)
-    with pytest.raises(KeyboardInterrupt), engine.checkpointed_blocks(model):
+    monkeypatch.setattr(checkpointing, "_put_back_forward", interrupted_once)
+    with pytest.raises(KeyboardInterrupt), checkpointing.checkpointed_blocks(model.blocks):
         assert all("forward" in vars(b) for b in model.blocks)
     # The interrupted one runs again, and the rest after it; the interrupt comes after.
     assert len(calls) == len(model.blocks) + 1
@@ -473,7 +479,7 @@ def test_contexts_an_interrupt_between_two_exits_still_runs_the_rest():
 def _exit_functions():
     import contextlib as cl
 
-    from jacobian_scopes import attention, engine, guard, interrupts
+    from jacobian_scopes import attention, checkpointing, engine, guard, interrupts
 
     return [
         (cl._GeneratorContextManager, "__exit__"),
@@ -490,7 +496,7 @@ def _exit_functions():
         (guard, "finish"),
         (guard, "_put_back"),
         (guard, "_remove_pre_hook"),
-        (engine, "_put_back_forward"),
+        (checkpointing, "_put_back_forward"),
         (engine, "_leave"),
         (attention, "_restore"),
     ]
@@ -549,6 +555,10 @@ _SWEEP_CALLS = {
     "semantic, direct path": (
         False,
         lambda m, toks: js.semantic_scope(m, toks, 11).scores,
+    ),
+    "semantic, direct path, checkpointed": (
+        False,
+        lambda m, toks: js.semantic_scope(m, toks, 11, checkpoint=True).scores,
     ),
     "semantic, checkpointed": (
         True,

@@ -191,7 +191,7 @@ def _use_sdpa(undo: UndoFn, model: Any, gate: ThreadGate | None) -> None:
         c._attn_implementation = name
     for attn in layers:
         # object.__setattr__: the Bridge's __setattr__ forwards attributes to the
-        # wrapped module (see engine.checkpointed_blocks).
+        # wrapped module (see checkpointing.checkpointed_blocks).
         object.__setattr__(attn, "forward", _sdpa_forward(attn, gate))
 
 

@@ -145,11 +145,12 @@ def _trace(call: Call, tokens: Tensor, at: str | None) -> Trace:
     )
     if call.checkpoint is None and trace.checkpoint and call.fwd_hooks:
         warnings.warn(
-            "this call checkpoints the blocks to save memory (a long prompt), so your "
-            "fwd_hooks inside blocks can fire twice: once in the forward pass and once "
-            "more while the backward pass recomputes the block. Pass checkpoint=False to "
-            "keep them to one call (at the cost of memory), or checkpoint=True to silence "
-            "this.",
+            f"this call recomputes the first {trace.checkpoint_blocks} of the model's "
+            f"{trace.adapter.n_layers} blocks to save memory (a long prompt), so your "
+            "fwd_hooks inside those blocks can fire twice: once in the forward pass and "
+            "once more while the backward pass recomputes the block. Pass "
+            "checkpoint=False to keep them to one call (at the cost of memory), or "
+            "checkpoint=True to recompute every block and silence this.",
             stacklevel=4,
         )
     return trace

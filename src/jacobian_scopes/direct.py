@@ -13,7 +13,7 @@ random ones).
 "Nothing else listens" means all of (:func:`route` says which one failed):
 
 * the trace's attention path is SDPA (:mod:`jacobian_scopes.attention`: a Llama or Gemma-3
-  Bridge, no hook inside attention) and it is not checkpointed;
+  Bridge, no hook inside attention);
 * its only source is ``hook_embed``, it explains the final state, and the caller passes
   no hooks (no ``fwd_hooks``, no ``freeze``);
 * no hook of any kind is on the model (TransformerLens hooks, torch module hooks, a
@@ -72,7 +72,6 @@ def route(
     at: str | None,
     caller_hooks: bool,
     attention: str,
-    checkpoint: bool,
 ) -> tuple[Any, str | None]:
     """``(twin, None)`` when the twin can serve this trace, else ``(None, why not)``.
 
@@ -81,13 +80,13 @@ def route(
         >>> from jacobian_scopes.adapter import ModelAdapter
         >>> from jacobian_scopes.direct import route
         >>> adapter = ModelAdapter(js.load_default_model())
-        >>> twin, why = route(adapter, ["hook_embed"], None, False, "sdpa", False)
+        >>> twin, why = route(adapter, ["hook_embed"], None, False, "sdpa")
         >>> type(twin).__name__, why
         ('LlamaForCausalLM', None)
-        >>> route(adapter, ["hook_embed"], None, True, "sdpa", False)
+        >>> route(adapter, ["hook_embed"], None, True, "sdpa")
         (None, 'hooks of the caller')
     """
-    reason = _call_blocker(sources, at, caller_hooks, attention, checkpoint)
+    reason = _call_blocker(sources, at, caller_hooks, attention)
     if reason is not None:
         return None, reason
     # One walk over the model's modules serves both the check and the twin's key.
@@ -99,12 +98,10 @@ def route(
 
 
 def _call_blocker(
-    sources: Sequence[str], at: str | None, caller_hooks: bool, attention: str, checkpoint: bool
+    sources: Sequence[str], at: str | None, caller_hooks: bool, attention: str
 ) -> str | None:
     if attention != "sdpa":
         return "eager attention"
-    if checkpoint:
-        return "checkpointed blocks"
     if list(sources) != ["hook_embed"]:
         return "a source other than hook_embed"
     if at is not None:
@@ -173,6 +170,20 @@ def forward(twin: Any, tokens: Tensor, tap: Callable[[Tensor, Any], Tensor]) -> 
     embeddings = tap(twin.get_input_embeddings()(tokens), None)
     out = twin.base_model(inputs_embeds=embeddings, use_cache=False)
     return out.last_hidden_state
+
+
+def layers(twin: Any) -> list[torch.nn.Module]:
+    """The twin's decoder layers, in order: what a long prompt's trace checkpoints
+    (:func:`jacobian_scopes.checkpointing.checkpointed_blocks`) in place of the Bridge's
+    blocks.
+
+    Example:
+        >>> import jacobian_scopes as js
+        >>> from jacobian_scopes.direct import layers, twin
+        >>> len(layers(twin(js.load_default_model())))
+        30
+    """
+    return list(twin.base_model.layers)
 
 
 def _listened(module: torch.nn.Module) -> bool:
@@ -256,4 +267,4 @@ def _unwrapped(hf: torch.nn.Module) -> torch.nn.Module:
     return unwrap(hf)
 
 
-__all__ = ["CHECKED", "forward", "route", "twin"]
+__all__ = ["CHECKED", "forward", "layers", "route", "twin"]

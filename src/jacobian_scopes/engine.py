@@ -16,7 +16,7 @@ never formed, and parameters never receive gradients.
 
 This module is the documented entry for advanced users who build their own scopes:
 :class:`Trace` (a forward pass prepared for pullbacks), :class:`GradientTap`,
-:class:`Capture`, :class:`Pullback`, :func:`checkpointed_blocks`, and
+:class:`Capture`, :class:`Pullback`, and
 :class:`~jacobian_scopes.adapter.ModelAdapter` (re-exported here), the one place that
 knows the two TransformerLens model classes apart. For hooks in your own forward pass,
 :class:`jacobian_scopes.GradientProbe` is simpler.
@@ -37,6 +37,7 @@ from torch import Tensor
 from jacobian_scopes import direct
 from jacobian_scopes.adapter import ModelAdapter
 from jacobian_scopes.attention import AttentionMode, attention_path, sdpa_attention
+from jacobian_scopes.checkpointing import blocks_to_checkpoint, checkpointed_blocks
 from jacobian_scopes.errors import NonFiniteError, ScopeInputError
 from jacobian_scopes.guard import forward_pre_hook, frozen, temporary_hooks
 from jacobian_scopes.interrupts import Contexts, Undoable, UndoFn, finish
@@ -175,14 +176,16 @@ class Trace:
     to exit, hooks are attached only for the forward pass, and everything is restored on
     exit, including after an exception raised inside a user hook.
 
-    ``checkpoint`` recomputes each transformer block during the backward pass instead of
-    keeping its activations (``torch.utils.checkpoint``, non-reentrant): the eager
+    ``checkpoint=True`` recomputes every transformer block during the backward pass instead
+    of keeping its activations (``torch.utils.checkpoint``, non-reentrant): the eager
     attention of both model classes keeps ``heads × pos²`` values per layer, which for
     SmolLM2 at 8k tokens would be ~140 GB, against one layer's worth with checkpointing.
     Scores are the same (the recomputation is deterministic in eval mode); the cost is one
-    extra forward pass, and hooks inside blocks (the caller's too) fire twice, so the hooks
-    stay attached until the trace closes. ``None`` (default) decides by
-    :func:`wants_checkpoint`.
+    extra forward pass of each checkpointed block, and hooks inside those blocks (the
+    caller's too) fire twice, so the hooks stay attached until the trace closes. ``None``
+    (default) checkpoints the fewest of the first blocks that keep memory within budget
+    (:func:`jacobian_scopes.checkpointing.blocks_to_checkpoint`), often none;
+    :attr:`checkpoint_blocks` says how many it did, :attr:`checkpoint` whether any.
 
     ``attention`` chooses the attention implementation (see
     :mod:`jacobian_scopes.attention`): ``"auto"`` (default) runs the Bridge's attention with
@@ -250,8 +253,10 @@ class Trace:
         self.direct = False
         self.attention = attention_path(adapter, self._hook_list(), attention)
         if checkpoint is None:
-            checkpoint = wants_checkpoint(adapter, tokens.shape, self.attention)
-        self.checkpoint = bool(checkpoint)
+            self.checkpoint_blocks = blocks_to_checkpoint(adapter, tokens.shape, self.attention)
+        else:
+            self.checkpoint_blocks = adapter.n_layers if checkpoint else 0
+        self.checkpoint = self.checkpoint_blocks > 0
         for tap in self.taps.values():
             tap.reuse = self.checkpoint
 
@@ -295,6 +300,9 @@ class Trace:
             self._route = why_not or ""
             self.direct = self._twin is not None
             if self._twin is not None:
+                # The twin is this trace's alone while it holds the model's lock: no gate.
+                twin_blocks = direct.layers(self._twin)[: self.checkpoint_blocks]
+                stack.enter(checkpointed_blocks(twin_blocks))
                 (tap,) = self.taps.values()
                 self.capture.value = direct.forward(self._twin, self.tokens, tap)
                 self._check_forward()
@@ -306,7 +314,8 @@ class Trace:
             if self.checkpoint:
                 # The recomputation runs the blocks again during the backward pass, so they
                 # must see the same hooks then: keep them until the trace closes.
-                stack.enter(checkpointed_blocks(self.adapter.model, self.gate))
+                blocks = list(self.adapter.model.blocks)[: self.checkpoint_blocks]
+                stack.enter(checkpointed_blocks(blocks, self.gate))
                 if self.adapter.kind == "bridge":
                     # A Hugging Face KV cache would grow on the recomputation.
                     kwargs["use_cache"] = False
@@ -344,7 +353,6 @@ class Trace:
             "at": self._at,
             "caller_hooks": bool(self.user_hooks or self.freeze),
             "attention": self.attention,
-            "checkpoint": self.checkpoint,
         }
 
     def __exit__(
@@ -535,157 +543,6 @@ def _leave(catcher: warnings.catch_warnings) -> None:
         catcher.__exit__(None, None, None)
 
 
-#: Above this estimate of saved attention memory, :class:`Trace` checkpoints the blocks.
-CHECKPOINT_ABOVE_BYTES = 1 << 30
-#: Above this estimate of the other saved activations (linear in the prompt length),
-#: :class:`Trace` checkpoints the blocks too. Chosen by measurement (benchmarks/bench_long.py,
-#: SmolLM2 on SDPA against the floor): 2k tokens uncheckpointed take 1.1x the floor's time
-#: and 1.5x its memory; at 4k, uncheckpointed 1.0-1.2x the time but 1.7x the memory,
-#: checkpointed 1.2-1.5x the time and 0.6-0.9x the memory.
-ACTIVATIONS_ABOVE_BYTES = 3 << 30
-
-
-def free_device_bytes(device: torch.device) -> int | None:
-    """The free memory of a CUDA device, in bytes; ``None`` for any other device.
-
-    Example:
-        >>> import torch
-        >>> from jacobian_scopes.engine import free_device_bytes
-        >>> free_device_bytes(torch.device("cpu")) is None
-        True
-    """
-    if device.type != "cuda":
-        return None
-    return int(torch.cuda.mem_get_info(device)[0])
-
-
-def wants_checkpoint(adapter: ModelAdapter, shape: Sequence[int], attention: str = "eager") -> bool:
-    """Whether ``checkpoint=None`` turns block checkpointing on for tokens of ``shape``.
-
-    On the CPU, with eager attention the patterns (:func:`attention_bytes`) decide first;
-    with ``attention="sdpa"`` there are none, and only :func:`activation_bytes` counts.
-    On a CUDA device, the blocks are checkpointed only when what the backward pass keeps
-    (the patterns with eager attention, and the other activations) would take more than
-    half of the device's free memory: recomputing the blocks costs a GPU 1.3-1.8x the time
-    (measured on an H200 with Llama-3 shapes at 1k-4k tokens, ``benchmarks/bench_gpu.py``),
-    while memory there is what the model leaves free, not the host's.
-
-    Example:
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.engine import ModelAdapter, wants_checkpoint
-        >>> adapter = ModelAdapter(js.load_default_model())
-        >>> wants_checkpoint(adapter, (1, 512)), wants_checkpoint(adapter, (1, 8192))
-        (False, True)
-        >>> [wants_checkpoint(adapter, (1, n), "sdpa") for n in (2048, 4096)]
-        [False, True]
-    """
-    patterns = attention_bytes(adapter, shape) if attention == "eager" else 0
-    free = free_device_bytes(adapter.device)
-    if free is not None:
-        return patterns + activation_bytes(adapter, shape) > free // 2
-    if patterns > CHECKPOINT_ABOVE_BYTES:
-        return True
-    return activation_bytes(adapter, shape) > ACTIVATIONS_ABOVE_BYTES
-
-
-def _bytes_per_value(adapter: ModelAdapter) -> int:
-    return torch.finfo(adapter.dtype).bits // 8 if adapter.dtype.is_floating_point else 4
-
-
-def activation_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
-    """A rough estimate of the activations other than attention patterns that one forward
-    pass keeps for the backward pass: about ``8 · d_model + 4 · d_mlp`` values per token
-    and layer (block input, norms, q/k/v, attention output; the MLP's hidden layers).
-
-    Example:
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.engine import ModelAdapter, activation_bytes
-        >>> adapter = ModelAdapter(js.load_default_model())
-        >>> f"{activation_bytes(adapter, (1, 8192)) / 1e9:.0f} GB"
-        '11 GB'
-    """
-    batch, n_pos = int(shape[0]), int(shape[1])
-    per_value = _bytes_per_value(adapter)
-    d_mlp = int(getattr(adapter.cfg, "d_mlp", None) or 4 * adapter.d_model)
-    per_token = 8 * adapter.d_model + 4 * d_mlp
-    return adapter.n_layers * batch * n_pos * per_token * per_value
-
-
-def attention_bytes(adapter: ModelAdapter, shape: Sequence[int]) -> int:
-    """Bytes the attention patterns of one forward pass keep for the backward pass.
-
-    Eager attention (the Bridge forces it; HookedTransformer always computes patterns)
-    saves the scores and the pattern, ``batch × heads × pos²`` values each, in every layer.
-
-    Example:
-        SmolLM2 (30 layers, 9 heads, float32) on one prompt of 8k tokens:
-
-        >>> import jacobian_scopes as js
-        >>> from jacobian_scopes.engine import ModelAdapter, attention_bytes
-        >>> adapter = ModelAdapter(js.load_default_model())
-        >>> f"{attention_bytes(adapter, (1, 8192)) / 1e9:.0f} GB"
-        '145 GB'
-    """
-    batch, n_pos = int(shape[0]), int(shape[1])
-    per_value = _bytes_per_value(adapter)
-    return 2 * adapter.n_layers * adapter.n_heads * batch * n_pos * n_pos * per_value
-
-
-def checkpointed_blocks(model: Any, gate: ThreadGate | None = None) -> Undoable[None]:
-    """Run each of ``model.blocks`` under ``torch.utils.checkpoint`` for the duration.
-
-    The wrapper is set as an instance attribute with ``object.__setattr__``: the Bridge's
-    own ``__setattr__`` would forward it to the wrapped Hugging Face module (and recurse).
-    With a ``gate``, only that call's forward passes are checkpointed (other threads run
-    the blocks as usual), and the recomputation during the backward pass counts as the
-    call's work in whichever thread autograd runs it.
-
-    Example:
-        The gradients are the same as without checkpointing; only the memory differs.
-
-        >>> import torch, jacobian_scopes as js
-        >>> from jacobian_scopes.engine import GradientTap, checkpointed_blocks
-        >>> model = js.load_default_model()
-        >>> tokens = model.to_tokens("The capital of France is")
-        >>> paris = model.to_single_token(" Paris")
-        >>> grads = []
-        >>> for checkpoint in (False, True):
-        ...     tap = GradientTap("hook_embed")
-        ...     with js.frozen(model), model.hooks(fwd_hooks=[(tap.name, tap)]):
-        ...         with checkpointed_blocks(model) if checkpoint else torch.enable_grad():
-        ...             logits = model(tokens)
-        ...             grads += torch.autograd.grad(logits[0, -1, paris], tap.leaf)
-        >>> torch.allclose(grads[0], grads[1])
-        True
-    """
-    return Undoable(lambda undo: _checkpoint_blocks(undo, model, gate))
-
-
-def _checkpoint_blocks(undo: UndoFn, model: Any, gate: ThreadGate | None) -> None:
-    from torch.utils.checkpoint import checkpoint
-
-    for block in list(getattr(model, "blocks", [])):
-        own = block.__dict__.get("forward")
-        original = block.forward
-
-        def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            if gate is None:
-                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-            if not gate.acting():
-                return _original(*args, **kwargs)
-            return checkpoint(gate.lend(_original), *args, use_reentrant=False, **kwargs)
-
-        undo(_put_back_forward, block, own)
-        object.__setattr__(block, "forward", run)
-
-
-def _put_back_forward(block: torch.nn.Module, own: Any) -> None:
-    if own is None:
-        block.__dict__.pop("forward", None)
-    else:
-        object.__setattr__(block, "forward", own)
-
-
 def _check_finite(*tensors: Tensor | None) -> None:
     if not all(_all_finite(t) for t in tensors if t is not None):
         raise NonFiniteError(
@@ -757,18 +614,11 @@ def _vjp(
 
 
 __all__ = [
-    "ACTIVATIONS_ABOVE_BYTES",
-    "CHECKPOINT_ABOVE_BYTES",
     "Capture",
     "GradientTap",
     "ModelAdapter",
     "Pullback",
     "Trace",
-    "activation_bytes",
-    "attention_bytes",
-    "checkpointed_blocks",
     "default_batch_size",
     "detach_hook",
-    "free_device_bytes",
-    "wants_checkpoint",
 ]

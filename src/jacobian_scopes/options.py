@@ -58,12 +58,13 @@ class CallOptions(TypedDict, total=False):
       checkpointing (see ``checkpoint``) a hook inside a block can fire twice: once in the
       forward pass and once more while the backward pass recomputes the block (up to the
       last activation the backward pass needs), so hooks should not count their calls.
-    * ``checkpoint`` (bool | None): recompute each block in the backward pass to save
-      memory on long prompts. ``None`` (default) turns it on by itself above about 1 GiB
-      of attention patterns (eager attention) or 3 GiB of other activations (either
-      path; SmolLM2 on SDPA: from about 2.5k tokens); on a CUDA device, only when they
-      would take more than half of its free memory. It warns if ``fwd_hooks`` are given
-      (pass ``False`` to keep each hook to one call per forward pass).
+    * ``checkpoint`` (bool | None): ``True`` recomputes every block in the backward pass
+      to save memory on long prompts, ``False`` none. ``None`` (default) recomputes the
+      fewest of the first blocks that keep the rest within about 1 GiB of attention
+      patterns (eager attention) and 3 GiB of other activations (either path; SmolLM2 on
+      SDPA: none up to about 2.5k tokens, 12 of its 30 blocks at 4k); on a CUDA device,
+      within half of its free memory. It warns if ``fwd_hooks`` are given and a block is
+      recomputed (pass ``False`` to keep each hook to one call per forward pass).
     * ``attention`` (``"auto"`` | ``"eager"`` | ``"sdpa"``): how the Bridge runs attention.
       ``"auto"`` (default) uses PyTorch's SDPA when no hook sits inside attention (no
       attention-pattern source, no ``freeze=["attn_pattern"]``, no hook of yours or on the
