@@ -19,7 +19,8 @@ This module is the documented entry for advanced users who build their own scope
 :class:`Capture`, :class:`Pullback`, and
 :class:`~jacobian_scopes.adapter.ModelAdapter` (re-exported here), the one place that
 knows the two TransformerLens model classes apart. For hooks in your own forward pass,
-:class:`jacobian_scopes.GradientProbe` is simpler.
+:class:`jacobian_scopes.GradientProbe` is simpler. How many blocks a long prompt's trace
+recomputes is :mod:`jacobian_scopes.checkpointing`'s to decide.
 """
 
 from __future__ import annotations
