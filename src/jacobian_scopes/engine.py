@@ -257,9 +257,13 @@ class Trace:
             self.checkpoint_blocks = blocks_to_checkpoint(adapter, tokens.shape, self.attention)
         else:
             self.checkpoint_blocks = adapter.n_layers if checkpoint else 0
-        self.checkpoint = self.checkpoint_blocks > 0
         for tap in self.taps.values():
             tap.reuse = self.checkpoint
+
+    @property
+    def checkpoint(self) -> bool:
+        """Whether any block is recomputed in the backward pass (:attr:`checkpoint_blocks`)."""
+        return self.checkpoint_blocks > 0
 
     # The hooks of a scope, in the order they must fire at a shared hook point: the
     # user's interventions first (the scope explains the intervened run), then the
@@ -301,9 +305,10 @@ class Trace:
             self._route = why_not or ""
             self.direct = self._twin is not None
             if self._twin is not None:
-                # The twin is this trace's alone while it holds the model's lock: no gate.
-                twin_blocks = direct.layers(self._twin)[: self.checkpoint_blocks]
-                stack.enter(checkpointed_blocks(twin_blocks))
+                if self.checkpoint:
+                    # The twin is this trace's alone while it holds the model's lock: no gate.
+                    twin_blocks = direct.layers(self._twin)[: self.checkpoint_blocks]
+                    stack.enter(checkpointed_blocks(twin_blocks))
                 (tap,) = self.taps.values()
                 self.capture.value = direct.forward(self._twin, self.tokens, tap)
                 self._check_forward()
